@@ -1,0 +1,29 @@
+"""tripletkit: FaceNet triplet loss with exact O(B^2) in-batch mining."""
+
+from .curriculum import SCHEDULES, Curriculum, Schedule, default_curriculum
+from .distances import DISTANCES, paired_distances, pairwise_distances
+from .losses import REDUCTIONS, TripletLoss, TripletStats, triplet_loss
+from .mining import FALLBACKS, STRATEGIES, Triplets, mine
+from .sampling import PKSampler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DISTANCES",
+    "FALLBACKS",
+    "REDUCTIONS",
+    "SCHEDULES",
+    "STRATEGIES",
+    "Curriculum",
+    "PKSampler",
+    "Schedule",
+    "TripletLoss",
+    "TripletStats",
+    "Triplets",
+    "__version__",
+    "default_curriculum",
+    "mine",
+    "paired_distances",
+    "pairwise_distances",
+    "triplet_loss",
+]

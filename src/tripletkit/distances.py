@@ -1,0 +1,146 @@
+"""Pairwise distances between embeddings.
+
+Three distances, all with d(x, x) = 0 and finite gradients everywhere:
+
+- ``"squared"``: ||x - y||^2, the FaceNet default.
+- ``"euclidean"``: ||x - y||, with a safe square root whose gradient is 0 (not inf or NaN)
+  where two embeddings coincide.
+- ``"cosine"``: 1 - cos(x, y).
+
+Besides the full matrix (:func:`pairwise_distances`) and row-wise distances
+(:func:`paired_distances`), :func:`distance_gradient_surrogate` turns weights on pairs into a
+scalar whose gradient is ``sum_ij W_ij * grad d(x_i, x_j)``: the loss module uses it to
+back-propagate a loss that is linear in the distances with one matrix product, without keeping a
+B x B autograd graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DISTANCES = ("squared", "euclidean", "cosine")
+
+
+def check_distance(distance: str) -> None:
+    """Raise ValueError when ``distance`` is not one of :data:`DISTANCES`."""
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+
+
+def safe_sqrt(x: Tensor) -> Tensor:
+    """Square root of ``x.clamp(min=0)`` whose gradient at 0 is 0 instead of inf."""
+    positive = x > 0
+    return torch.where(positive, x, torch.ones_like(x)).sqrt() * positive
+
+
+def pairwise_distances(x: Tensor, y: Tensor | None = None, distance: str = "squared") -> Tensor:
+    """All distances between the rows of ``x`` and the rows of ``y``.
+
+    Args:
+        x: (B, d) embeddings.
+        y: (M, d) embeddings; ``None`` means ``x`` itself, and then the diagonal is exactly 0.
+        distance: "squared", "euclidean" or "cosine".
+
+    Returns:
+        (B, M) distances, differentiable, never negative.
+    """
+    check_distance(distance)
+    same = y is None
+    other = x if y is None else y
+    track = torch.is_grad_enabled() and (x.requires_grad or other.requires_grad)
+    if distance == "cosine":
+        xn = torch.nn.functional.normalize(x, dim=1)
+        yn = xn if same else torch.nn.functional.normalize(other, dim=1)
+        dist = torch.addmm(torch.ones((), dtype=x.dtype, device=x.device), xn, yn.T, alpha=-1.0)
+    else:
+        dist = torch.addmm((x * x).sum(1, keepdim=True), x, other.T, alpha=-2.0)
+        dist = dist + (other * other).sum(1) if track else dist.add_((other * other).sum(1))
+    # Without autograd every step is in place: at B = 8192 each fresh (B, B) temporary costs
+    # about as much as a quarter of the matrix product.
+    dist = dist.clamp(min=0.0) if track else dist.clamp_(min=0.0)
+    if distance == "euclidean":
+        dist = safe_sqrt(dist) if track else dist.sqrt_()
+    if same:
+        dist.fill_diagonal_(0.0)
+    return dist
+
+
+def paired_distances(x: Tensor, y: Tensor, distance: str = "squared") -> Tensor:
+    """Row-wise distances d(x_i, y_i).
+
+    Args:
+        x: (N, d) embeddings.
+        y: (N, d) embeddings.
+        distance: "squared", "euclidean" or "cosine".
+
+    Returns:
+        (N,) distances, differentiable.
+    """
+    check_distance(distance)
+    if distance == "cosine":
+        xn = torch.nn.functional.normalize(x, dim=1)
+        yn = torch.nn.functional.normalize(y, dim=1)
+        return (1.0 - (xn * yn).sum(1)).clamp(min=0.0)
+    sq = ((x - y) ** 2).sum(1)
+    return safe_sqrt(sq) if distance == "euclidean" else sq
+
+
+def distance_gradient_surrogate(
+    x: Tensor,
+    distance: str,
+    pairs: tuple[Tensor, Tensor, Tensor, Tensor],
+    dense: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """A scalar whose gradient with respect to ``x`` is ``sum_ij W_ij * grad d(x_i, x_j)``.
+
+    Its value is meaningless: callers add ``s - s.detach()`` to a loss whose value they
+    computed otherwise. W is given as sparse triples plus an optional dense matrix; neither may
+    carry gradient. Euclidean weights become weights on squared distances, w / (2 d), with 0 where
+    d == 0 (the safe square root's gradient).
+
+    Args:
+        x: (B, d) embeddings, requiring grad.
+        distance: "squared", "euclidean" or "cosine".
+        pairs: (rows, cols, weights, values), each (N,): W[rows, cols] += weights, where values
+            are the distances d(x_rows, x_cols) (used by "euclidean" only).
+        dense: (weights, values), each (B, B), or None; the weights are modified in place.
+
+    Returns:
+        A 0-d tensor.
+    """
+    check_distance(distance)
+    rows, cols, weights, values = pairs
+    if distance == "euclidean":
+        weights = _chain_sqrt(weights, values)
+        dense = None if dense is None else (_chain_sqrt(*dense), dense[1])
+        distance = "squared"
+    n = len(x)
+    # A sparse part of more than ~B^2/32 entries costs more through row gathers than through one
+    # dense (B, B) x (B, d) product, so it joins the dense part.
+    if dense is None and weights.numel() * 32 <= n * n:
+        d = paired_distances(x[rows], x[cols], distance)
+        return (weights.to(x.dtype) * d).sum() + x.sum() * 0.0
+    if dense is None:
+        matrix = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    else:
+        matrix = dense[0].to(x.dtype)
+    matrix.index_put_((rows, cols), weights.to(x.dtype), accumulate=True)
+    return _dense_surrogate(x, matrix, distance)
+
+
+def _chain_sqrt(weights: Tensor, values: Tensor) -> Tensor:
+    """Weights on ||.|| turned into weights on ||.||^2: w / (2 d), and 0 where d == 0."""
+    positive = values > 0
+    return torch.where(positive, weights / (2.0 * torch.where(positive, values, 1.0)), 0.0)
+
+
+def _dense_surrogate(x: Tensor, matrix: Tensor, distance: str) -> Tensor:
+    """sum_ij M_ij d(x_i, x_j) up to a constant, for squared L2 or cosine distance, with one
+    (B, B) x (B, d) product."""
+    if distance == "cosine":
+        xn = torch.nn.functional.normalize(x, dim=1)
+        return -(xn * (matrix @ xn)).sum()
+    norms = (x * x).sum(1)
+    degree = matrix.sum(1) + matrix.sum(0)
+    return (norms * degree).sum() - 2.0 * (x * (matrix @ x)).sum()

@@ -1,0 +1,342 @@
+"""The triplet loss: distances + in-batch mining + hinge or soft margin + reduction, with stats.
+
+For a selected triplet (a, p, n) with distances d_ap = D[a,p] and d_an = D[a,n]:
+
+- hinge (FaceNet): l = [d_ap - d_an + margin]_+ , *active* when d_an < d_ap + margin;
+- soft margin (Hermans et al. 2017): l = log(1 + exp(d_ap - d_an)), computed stably; the margin
+  is not used and every selected triplet counts as active.
+
+Reductions: "mean" over the selected triplets, "mean_active" over the active ones (Hermans'
+BA!=0), "sum" (the paper's formula). A batch without a valid triplet gives a zero loss whose
+gradient is zero.
+
+The loss never builds a (B, B, B) tensor or a list of all triplets: selection runs without
+gradient on the distance matrix (see :mod:`tripletkit.mining`), and since the loss is a weighted
+sum of distances, its gradient flows back through
+:func:`tripletkit.distances.distance_gradient_surrogate` with at most one (B, B) x (B, d)
+product. Memory is O(B^2) for every strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .distances import check_distance, distance_gradient_surrogate, pairwise_distances
+from .mining import (
+    Scan,
+    Triplets,
+    check_mining_options,
+    chunk_rows,
+    label_groups,
+    masked_rows,
+    scan,
+    select,
+)
+
+REDUCTIONS = ("mean", "mean_active", "sum")
+
+
+@dataclass(frozen=True)
+class TripletStats:
+    """What one batch's mining found; plain floats, detached.
+
+    Attributes:
+        triplets: selected triplets (for "all", every valid triplet).
+        active_fraction: share of the selected triplets with a positive loss.
+        valid_triplets: every valid triplet in the batch; 0 means the loss is an empty zero.
+        easy_fraction: share of valid triplets with d_an > d_ap + margin.
+        semihard_fraction: share with d_ap < d_an <= d_ap + margin.
+        hard_fraction: share with d_an <= d_ap.
+        mean_d_ap: mean distance over all anchor-positive pairs (NaN when there are none).
+        mean_d_an: mean distance over all anchor-negative pairs (NaN when there are none).
+        dropped_pairs: semi-hard pairs dropped because no negative qualified.
+    """
+
+    triplets: int
+    active_fraction: float
+    valid_triplets: int
+    easy_fraction: float
+    semihard_fraction: float
+    hard_fraction: float
+    mean_d_ap: float
+    mean_d_an: float
+    dropped_pairs: int
+
+    def as_dict(self) -> dict[str, float]:
+        """The statistics as a flat dict, for logs."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class _Terms:
+    """A loss that is a weighted sum of distances: its value and d(value)/d(distance)."""
+
+    value: Tensor
+    selected: int
+    active: int
+    pairs: tuple[Tensor, Tensor, Tensor, Tensor]
+    dense: tuple[Tensor, Tensor] | None = None
+    dropped: int = 0
+
+
+def triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor | Sequence[int] | np.ndarray,
+    *,
+    margin: float = 0.2,
+    mining: str = "semi-hard",
+    offset: float = 0.0,
+    fallback: str = "skip",
+    distance: str = "squared",
+    soft: bool = False,
+    reduction: str = "mean",
+) -> tuple[Tensor, TripletStats]:
+    """Triplet loss with in-batch mining.
+
+    Args:
+        embeddings: (B, d) embeddings (FaceNet L2-normalises them; this function does not).
+        labels: (B,) integer identity labels.
+        margin: alpha in [d_ap - d_an + alpha]_+ ; also the easy / semi-hard boundary of the stats.
+        mining: "all", "hard" or "semi-hard" (see :mod:`tripletkit.mining`).
+        offset: semi-hard offset t; negatives must satisfy d_an > d_ap + t.
+        fallback: semi-hard, when no negative qualifies: "skip", "hardest" or "easiest".
+        distance: "squared" (FaceNet), "euclidean" or "cosine".
+        soft: use the soft margin log(1 + exp(d_ap - d_an)) instead of the hinge.
+        reduction: "mean", "mean_active" or "sum".
+
+    Returns:
+        The 0-d loss and a :class:`TripletStats`.
+
+    Raises:
+        ValueError: naming the argument at fault.
+    """
+    check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
+    labels = check_batch(embeddings, labels)
+    x = embeddings if embeddings.dtype in (torch.float32, torch.float64) else embeddings.float()
+    with torch.no_grad():
+        dist = pairwise_distances(x.detach(), distance=distance)
+        found = scan(
+            dist,
+            labels,
+            margin=margin,
+            strategy=mining,
+            offset=offset,
+            fallback=fallback,
+            hinge=not soft,
+        )
+        if mining == "all":
+            terms = _soft_all_terms(dist, labels) if soft else _all_terms(dist, found, margin)
+        else:
+            terms = _listed_terms(dist, select(found, mining, fallback), margin, soft)
+    divisor = {"mean": terms.selected, "mean_active": terms.active, "sum": 1}[reduction]
+    if terms.selected == 0 or divisor == 0:
+        loss = x.sum() * 0.0
+    else:
+        surrogate = distance_gradient_surrogate(x, distance, terms.pairs, terms.dense)
+        loss = (terms.value.to(x.dtype) + surrogate - surrogate.detach()) / divisor
+    return loss.to(embeddings.dtype), _stats(found, terms)
+
+
+class TripletLoss(nn.Module):
+    """:func:`triplet_loss` with its options held; ``forward`` returns (loss, stats).
+
+    ``margin`` and ``offset`` are plain attributes, so a :class:`tripletkit.Curriculum` can move
+    them between steps.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        mining: str = "semi-hard",
+        offset: float = 0.0,
+        fallback: str = "skip",
+        distance: str = "squared",
+        soft: bool = False,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
+        self.margin = margin
+        self.mining = mining
+        self.offset = offset
+        self.fallback = fallback
+        self.distance = distance
+        self.soft = soft
+        self.reduction = reduction
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, TripletStats]:
+        return triplet_loss(
+            embeddings,
+            labels,
+            margin=self.margin,
+            mining=self.mining,
+            offset=self.offset,
+            fallback=self.fallback,
+            distance=self.distance,
+            soft=self.soft,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"margin={self.margin}, mining={self.mining!r}, offset={self.offset}, "
+            f"fallback={self.fallback!r}, distance={self.distance!r}, soft={self.soft}, "
+            f"reduction={self.reduction!r}"
+        )
+
+
+def _listed_terms(dist: Tensor, triplets: Triplets, margin: float, soft: bool) -> _Terms:
+    """Terms of a loss over an explicit list of triplets."""
+    a, p, n = triplets.anchor, triplets.positive, triplets.negative
+    d_ap, d_an = dist[a, p], dist[a, n]
+    if soft:
+        z = d_ap - d_an
+        per, weight = nn.functional.softplus(z), torch.sigmoid(z)
+        active = len(triplets)
+    else:
+        hit = d_an < d_ap + margin
+        per = torch.where(hit, (d_ap + margin) - d_an, 0.0)
+        weight, active = hit.to(dist.dtype), int(hit.sum())
+    pairs = (
+        torch.cat([a, a]),
+        torch.cat([p, n]),
+        torch.cat([weight, -weight]),
+        torch.cat([d_ap, d_an]),
+    )
+    return _Terms(
+        per.sum(dtype=torch.float64), len(triplets), active, pairs, dropped=triplets.dropped
+    )
+
+
+def _all_terms(dist: Tensor, found: Scan, margin: float) -> _Terms:
+    """Terms of the batch-all hinge loss from the scan's per-pair counts and sums:
+    sum_{a,p} sum_{n active} (d_ap + m - d_an) = sum_{a,p} count_ap (d_ap + m) - sum_ap."""
+    assert found.hinge_count is not None and found.hinge_sum is not None
+    assert found.neg_weight is not None
+    valid = found.pos_valid & found.has_neg[:, None]
+    anchor, slot = torch.nonzero(valid, as_tuple=True)
+    count = found.hinge_count[anchor, slot]
+    d_ap = found.d_ap[anchor, slot]
+    value = (count.double() * (d_ap + margin).double()).sum() - found.hinge_sum[
+        valid
+    ].double().sum()
+    pairs = (anchor, found.pos[anchor, slot], count, d_ap)
+    return _Terms(
+        value,
+        int(found.valid_triplets),
+        int(count.sum()),
+        pairs,
+        dense=(found.neg_weight.neg_(), dist),
+    )
+
+
+def _soft_all_terms(dist: Tensor, labels: Tensor) -> _Terms:
+    """Terms of the batch-all soft-margin loss: O(B^2 k) time, O(B^2) memory."""
+    groups = label_groups(labels)
+    n = len(labels)
+    value = torch.zeros((), dtype=torch.float64, device=dist.device)
+    neg_weight = torch.zeros_like(dist)
+    anchors, positives, weights, d_aps = [], [], [], []
+    for rows in chunk_rows(n, n):
+        chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows)
+        pos_weight = torch.zeros_like(d_ap)
+        for j in range(pos.shape[1]):
+            z = torch.where(pos_valid[:, j : j + 1], d_ap[:, j : j + 1], -float("inf")) - chunk
+            value += nn.functional.softplus(z).sum(dtype=torch.float64)
+            sig = torch.sigmoid(z)
+            pos_weight[:, j] = sig.sum(1)
+            neg_weight[rows] -= sig
+        keep = pos_valid & (groups.negatives[rows, None] > 0)
+        r, s = torch.nonzero(keep, as_tuple=True)
+        anchors.append(r + rows.start)
+        positives.append(pos[r, s])
+        weights.append(pos_weight[r, s])
+        d_aps.append(d_ap[r, s])
+    selected = int((groups.positives * groups.negatives).sum())
+    pairs = (torch.cat(anchors), torch.cat(positives), torch.cat(weights), torch.cat(d_aps))
+    return _Terms(value, selected, selected, pairs, dense=(neg_weight, dist))
+
+
+def _stats(found: Scan, terms: _Terms) -> TripletStats:
+    valid = float(found.valid_triplets)
+    hard = float(found.hard_triplets)
+    not_easy = float(found.not_easy_triplets)
+    share = (lambda k: k / valid) if valid else (lambda k: 0.0)
+    n_ap, n_an = float(found.n_ap), float(found.n_an)
+    return TripletStats(
+        triplets=terms.selected,
+        active_fraction=terms.active / terms.selected if terms.selected else 0.0,
+        valid_triplets=int(valid),
+        easy_fraction=share(valid - not_easy),
+        semihard_fraction=share(not_easy - hard),
+        hard_fraction=share(hard),
+        mean_d_ap=float(found.sum_d_ap) / n_ap if n_ap else math.nan,
+        mean_d_an=float(found.sum_d_an) / n_an if n_an else math.nan,
+        dropped_pairs=terms.dropped,
+    )
+
+
+def check_loss_options(
+    margin: float,
+    mining: str,
+    offset: float,
+    fallback: str,
+    distance: str,
+    soft: bool,
+    reduction: str,
+) -> None:
+    """Raise ValueError naming the option at fault."""
+    if (
+        isinstance(margin, bool)
+        or not isinstance(margin, (int, float))
+        or not (math.isfinite(margin) and margin >= 0)
+    ):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+    check_mining_options(mining, offset, fallback)
+    check_distance(distance)
+    if not isinstance(soft, bool):
+        raise ValueError(f"soft must be True or False, got {soft!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_batch(embeddings: Tensor, labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
+    """Check a batch and return the labels as an int64 tensor on the embeddings' device.
+
+    Raises:
+        ValueError: embeddings not a finite 2-D float tensor; labels not integers of length B.
+    """
+    if not isinstance(embeddings, Tensor):
+        raise ValueError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.dim() != 2:
+        raise ValueError(
+            f"embeddings must be 2-D (batch, dim), got shape {tuple(embeddings.shape)}"
+        )
+    if not embeddings.is_floating_point():
+        raise ValueError(f"embeddings must be floating point, got dtype {embeddings.dtype}")
+    finite = torch.isfinite(embeddings.detach()).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).squeeze(1)[:5].tolist()
+        raise ValueError(f"embeddings contain NaN or infinite values (rows {bad} ...)")
+    if not isinstance(labels, Tensor):
+        array = np.asarray(labels)
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"labels must be integers, got {array.dtype} values")
+        labels = torch.as_tensor(array)
+    if (
+        labels.dtype in (torch.bool, torch.complex64, torch.complex128)
+        or labels.is_floating_point()
+    ):
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.dim() != 1 or len(labels) != len(embeddings):
+        raise ValueError(
+            f"labels must have shape ({len(embeddings)},) to match embeddings, "
+            f"got {tuple(labels.shape)}"
+        )
+    return labels.to(device=embeddings.device, dtype=torch.long)

@@ -1,0 +1,505 @@
+"""Triplet selection on a distance matrix.
+
+Terms. Labels y and a (B, B) distance matrix D. A *valid triplet* (a, p, n) has a != p,
+y[a] == y[p] and y[n] != y[a]. With margin m, a valid triplet is
+
+- *easy* when D[a,n] > D[a,p] + m (its hinge loss is zero),
+- *hard* when D[a,n] <= D[a,p],
+- *semi-hard* otherwise (D[a,p] < D[a,n] <= D[a,p] + m),
+
+and *active* when D[a,n] < D[a,p] + m (its hinge loss is positive).
+
+Strategies:
+
+- ``"all"``: every valid triplet (batch-all).
+- ``"hard"``: for each anchor with at least one positive and one negative, its farthest positive
+  with its closest negative (batch-hard, Hermans et al. 2017).
+- ``"semi-hard"``: FaceNet's selection. Every anchor-positive pair (a, p) whose anchor has a
+  negative gives one triplet; its negative is the closest n with D[a,n] > D[a,p] + t for an
+  offset t (t = 0: FaceNet's semi-hard; t > 0 easier; t < 0 harder; t = -inf: the closest
+  negative). When no negative qualifies, ``fallback`` decides: "skip" drops the pair (counted in
+  ``dropped``), "hardest" takes the closest negative, "easiest" the farthest one (the behaviour of
+  TF-Addons and sentence-transformers).
+
+Ties between equal distances go to the smallest column index.
+
+How it stays O(B^2). Rows are processed in chunks. Per anchor there are k - 1 positives, hence a
+few sorted threshold lists (D[a,p], D[a,p] + m, ...). Each negative distance is bucketed once
+against the anchor's sorted thresholds; per-bucket counts, sums and minima then answer every
+question above (how many negatives lie under each threshold, which is the closest above it) with
+cumulative sums over the k buckets instead of a (B, B, B) comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+STRATEGIES = ("all", "hard", "semi-hard")
+FALLBACKS = ("skip", "hardest", "easiest")
+
+# Bucketing by repeated comparisons beats torch.searchsorted up to about this many thresholds.
+_COMPARE_MAX_THRESHOLDS = 24
+# Elements per chunk of rows.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Triplets:
+    """Selected triplets as index tensors, sorted by (anchor, positive).
+
+    Attributes:
+        anchor: (T,) row indices.
+        positive: (T,) indices with the anchor's label.
+        negative: (T,) indices with another label.
+        dropped: anchor-positive pairs left without a triplet because no negative qualified
+            (semi-hard with fallback "skip"; 0 otherwise).
+    """
+
+    anchor: Tensor
+    positive: Tensor
+    negative: Tensor
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.anchor.numel())
+
+    def as_list(self) -> list[tuple[int, int, int]]:
+        """The triplets as (a, p, n) tuples, for inspection and tests."""
+        return list(
+            zip(self.anchor.tolist(), self.positive.tolist(), self.negative.tolist(), strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Who shares a label with whom, in O(B) tensors.
+
+    ``order`` lists the indices sorted by label (stable), so the examples of one label are
+    ``order[start[i] : start[i] + size[i]]`` for any member i, and i sits at ``rank[i]`` there.
+    """
+
+    order: Tensor
+    start: Tensor
+    size: Tensor
+    rank: Tensor
+    kmax: int
+
+    @property
+    def positives(self) -> Tensor:
+        """(B,) number of positives of each example."""
+        return self.size - 1
+
+    @property
+    def negatives(self) -> Tensor:
+        """(B,) number of negatives of each example."""
+        return len(self.size) - self.size
+
+    def same(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Columns sharing each row's label, itself included: (R, kmax) indices and a validity
+        mask; invalid slots hold the row itself."""
+        slots = torch.arange(self.kmax, device=rows.device)
+        valid = slots < self.size[rows, None]
+        where = (self.start[rows, None] + slots).clamp(max=len(self.order) - 1)
+        return torch.where(valid, self.order[where], rows[:, None]), valid
+
+    def positive_slots(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Positives of each row, itself excluded: (R, kmax - 1) indices and a validity mask;
+        invalid slots hold the row itself. Positives come in increasing index order."""
+        slots = torch.arange(self.kmax - 1, device=rows.device)
+        valid = slots < self.positives[rows, None]
+        same_slot = slots + (slots >= self.rank[rows, None]).long()
+        where = (self.start[rows, None] + same_slot).clamp(max=len(self.order) - 1)
+        return torch.where(valid, self.order[where], rows[:, None]), valid
+
+
+def label_groups(labels: Tensor) -> Groups:
+    """Group structure of (B,) integer labels."""
+    order = torch.argsort(labels, stable=True)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    start = starts[inverse]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(labels), device=labels.device)
+    rank = rank - start
+    kmax = int(counts.max()) if len(labels) else 0
+    return Groups(order=order, start=start, size=counts[inverse], rank=rank, kmax=kmax)
+
+
+@dataclass
+class Scan:
+    """What one pass over the distance matrix found, per anchor-positive slot (B, kmax - 1).
+
+    Attributes:
+        pos: (B, S) positive indices; ``pos_valid`` marks real ones.
+        pos_valid: (B, S) bool.
+        d_ap: (B, S) D[a, p].
+        has_neg: (B,) whether the anchor has a negative.
+        valid_triplets: number of valid triplets.
+        hard_triplets: valid triplets with D[a,n] <= D[a,p].
+        not_easy_triplets: valid triplets with D[a,n] <= D[a,p] + margin.
+        sum_d_ap, sum_d_an: sums of D over all positive and all negative pairs.
+        n_ap, n_an: counts of those pairs.
+        hinge_count: (B, S) #{n: D[a,n] < D[a,p] + margin} ("all" only).
+        hinge_sum: (B, S) sum of those D[a,n] ("all" only).
+        neg_weight: (B, B) #{p: D[a,n] < D[a,p] + margin}, 0 off the negatives ("all" only).
+        chosen: (B, S) chosen negative of each pair, -1 if none ("semi-hard" only).
+        closest: (B,) closest negative of each anchor, -1 if none.
+        farthest: (B,) farthest negative of each anchor, -1 if none (fallback "easiest" only).
+    """
+
+    pos: Tensor
+    pos_valid: Tensor
+    d_ap: Tensor
+    has_neg: Tensor
+    valid_triplets: Tensor
+    hard_triplets: Tensor
+    not_easy_triplets: Tensor
+    sum_d_ap: Tensor
+    sum_d_an: Tensor
+    n_ap: Tensor
+    n_an: Tensor
+    hinge_count: Tensor | None = None
+    hinge_sum: Tensor | None = None
+    neg_weight: Tensor | None = None
+    chosen: Tensor | None = None
+    closest: Tensor | None = None
+    farthest: Tensor | None = None
+
+
+def scan(
+    distances: Tensor,
+    labels: Tensor,
+    *,
+    margin: float,
+    strategy: str,
+    offset: float = 0.0,
+    fallback: str = "skip",
+    hinge: bool = True,
+) -> Scan:
+    """One chunked pass over ``distances`` that gathers what ``strategy`` and the statistics need.
+
+    Args:
+        distances: (B, B) distances, no gradient; not modified.
+        labels: (B,) integer labels.
+        margin: the margin m of the statistics and of the "all" hinge sums.
+        strategy: "all", "hard" or "semi-hard".
+        offset: semi-hard offset t.
+        fallback: semi-hard fallback.
+        hinge: with "all", also compute hinge counts, sums and negative weights.
+
+    Returns:
+        A :class:`Scan`.
+    """
+    check_mining_options(strategy, offset, fallback)
+    n = len(labels)
+    device = distances.device
+    groups = label_groups(labels)
+    slots = max(groups.kmax - 1, 0)
+    has_neg = groups.negatives > 0
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    out = Scan(
+        pos=torch.zeros(n, slots, dtype=torch.long, device=device),
+        pos_valid=torch.zeros(n, slots, dtype=torch.bool, device=device),
+        d_ap=torch.zeros(n, slots, dtype=distances.dtype, device=device),
+        has_neg=has_neg,
+        valid_triplets=(groups.positives * groups.negatives).sum().to(torch.float64),
+        hard_triplets=zero.clone(),
+        not_easy_triplets=zero.clone(),
+        sum_d_ap=zero.clone(),
+        sum_d_an=zero.clone(),
+        n_ap=groups.positives.sum().to(torch.float64),
+        n_an=groups.negatives.sum().to(torch.float64),
+    )
+    if strategy == "hard" or (strategy == "semi-hard" and fallback == "hardest"):
+        out.closest = torch.full((n,), -1, dtype=torch.long, device=device)
+    all_hinge = strategy == "all" and hinge
+    semi = strategy == "semi-hard"
+    if all_hinge:
+        out.hinge_count = torch.zeros(n, slots, dtype=distances.dtype, device=device)
+        out.hinge_sum = torch.zeros(n, slots, dtype=distances.dtype, device=device)
+        out.neg_weight = torch.zeros(n, n, dtype=distances.dtype, device=device)
+    if semi:
+        out.chosen = torch.full((n, slots), -1, dtype=torch.long, device=device)
+    if semi and fallback == "easiest":
+        out.farthest = torch.full((n,), -1, dtype=torch.long, device=device)
+    if n == 0:
+        return out
+    blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
+    for rows in chunk_rows(n, max(n, blocks * slots + 2)):
+        _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge)
+    return out
+
+
+def _scan_chunk(
+    distances: Tensor,
+    groups: Groups,
+    rows: slice,
+    out: Scan,
+    margin: float,
+    offset: float,
+    semi: bool,
+    all_hinge: bool,
+) -> None:
+    """Fill ``out`` for one chunk of rows."""
+    chunk, pos, pos_valid, d_ap, neg_sum = masked_rows(distances, groups, rows)
+    out.pos[rows], out.pos_valid[rows], out.d_ap[rows] = pos, pos_valid, d_ap
+    out.sum_d_ap += d_ap[pos_valid].sum(dtype=torch.float64)
+    out.sum_d_an += neg_sum
+    if out.closest is not None:
+        closest_val, closest = chunk.min(1)
+        out.closest[rows] = torch.where(torch.isfinite(closest_val), closest, -1)
+    if out.farthest is not None:
+        far_val, far = torch.where(torch.isinf(chunk), -float("inf"), chunk).max(1)
+        out.farthest[rows] = torch.where(torch.isfinite(far_val), far, -1)
+    if pos.shape[1] == 0:
+        return
+
+    # Threshold blocks, each (R, S): 0 = D_ap (hard boundary, and the semi-hard one when t = 0),
+    # 1 = D_ap + m (easy boundary), then optionally the hinge and the semi-hard offset blocks.
+    inf_slots = torch.full_like(d_ap, float("inf"))
+    blocks = [d_ap, d_ap + margin]
+    hinge_block = semi_block = -1
+    if all_hinge:
+        hinge_block = len(blocks)  # x < y  <=>  x <= nextafter(y, -inf)
+        blocks.append(torch.nextafter(d_ap + margin, torch.full_like(d_ap, -float("inf"))))
+    if semi:
+        semi_block = 0
+        if offset != 0.0:
+            semi_block = len(blocks)
+            blocks.append(d_ap + offset)
+    slots = d_ap.shape[1]
+    sentinel = torch.full_like(d_ap[:, :1], torch.finfo(chunk.dtype).max)
+    thresholds = torch.cat([torch.where(pos_valid, b, inf_slots) for b in blocks] + [sentinel], 1)
+    sorted_thr, perm = thresholds.sort(dim=1, stable=True)
+    where = torch.empty_like(perm)  # where[:, c] = sorted position of threshold column c
+    where.scatter_(1, perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm))
+
+    # bucket[a, n] = #{thresholds < D[a,n]}; D[a,n] <= sorted_thr[a, j]  <=>  bucket <= j.
+    # Masked (infinite) entries land in a bucket of their own, past every finite threshold.
+    bucket = _bucketize(chunk, sorted_thr)
+    width = sorted_thr.shape[1] + 1
+    ones = torch.ones((), dtype=chunk.dtype, device=chunk.device).expand_as(chunk)
+    count = torch.zeros(len(chunk), width, dtype=chunk.dtype, device=chunk.device)
+    at_most = count.scatter_add_(1, bucket, ones).cumsum(1).gather(1, where)
+
+    valid = pos_valid & out.has_neg[rows, None]
+    out.hard_triplets += (at_most[:, :slots] * valid).sum(dtype=torch.float64)
+    out.not_easy_triplets += (at_most[:, slots : 2 * slots] * valid).sum(dtype=torch.float64)
+
+    if all_hinge:
+        _hinge_sums(chunk, bucket, rows, out, at_most, where, perm, valid, hinge_block, slots)
+    if semi:
+        _semi_hard_choice(chunk, bucket, rows, out, where, valid, semi_block, slots)
+
+
+def masked_rows(
+    distances: Tensor, groups: Groups, rows: slice
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A copy of some rows of D where only negatives stay finite, with their positives.
+
+    Returns:
+        (R, B) rows with +inf at every same-label column; (R, S) positive indices, validity mask
+        and distances D[a, p]; and the float64 sum of D over the rows' negatives.
+    """
+    chunk = distances[rows].clone()
+    index = torch.arange(rows.start, rows.stop, device=distances.device)
+    same, same_valid = groups.same(index)
+    pos, pos_valid = groups.positive_slots(index)
+    d_ap = chunk.gather(1, pos)
+    same_sum = (chunk.gather(1, same) * same_valid).sum(dtype=torch.float64)
+    neg_sum = chunk.sum(dtype=torch.float64) - same_sum
+    chunk.scatter_(1, same, float("inf"))
+    return chunk, pos, pos_valid, d_ap, neg_sum
+
+
+def chunk_rows(n: int, width: int) -> list[slice]:
+    """Consecutive row ranges of about ``_CHUNK_ELEMENTS / width`` rows each."""
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    return [slice(b, min(n, b + step)) for b in range(0, n, step)]
+
+
+def _bucketize(chunk: Tensor, sorted_thr: Tensor) -> Tensor:
+    """(R, B) int64: for each entry, how many of its row's sorted thresholds are below it.
+
+    Few thresholds: one branch-free comparison pass per threshold. Many: a uniform grid of cells
+    over each row's finite thresholds (any monotone map from values to cells gives exact
+    answers), then a few exact steps inside the entry's cell. Both beat torch.searchsorted, whose
+    binary search mispredicts branches when distances and thresholds interleave.
+    """
+    width = sorted_thr.shape[1]
+    if width <= _COMPARE_MAX_THRESHOLDS:
+        acc = torch.zeros(chunk.shape, dtype=torch.uint8, device=chunk.device)
+        for j in range(width):
+            acc += chunk > sorted_thr[:, j : j + 1]
+        return acc.long()
+    big = torch.finfo(sorted_thr.dtype).max
+    finite = torch.isfinite(sorted_thr) & (sorted_thr < big)
+    lo = torch.where(finite, sorted_thr, float("inf")).amin(1, keepdim=True)
+    hi = torch.where(finite, sorted_thr, -float("inf")).amax(1, keepdim=True)
+    spread = hi - lo
+    lo = torch.where(finite.any(1, keepdim=True), lo, 0.0)
+    cells = 16 * width
+    scale = torch.where(spread > 0, cells / torch.where(spread > 0, spread, 1.0), 1.0)
+
+    def cell(values: Tensor) -> Tensor:
+        # monotone in value: a threshold in a lower cell is below the entry, in a higher above.
+        return (values - lo).mul_(scale).floor_().add_(1.0).clamp_(0, cells + 1).long()
+
+    thr_cell = cell(sorted_thr)
+    per_cell = torch.zeros(len(chunk), cells + 2, dtype=torch.long, device=chunk.device)
+    per_cell.scatter_add_(1, thr_cell, torch.ones_like(thr_cell))
+    start = per_cell.cumsum(1) - per_cell
+    # An entry passes at most the thresholds of its cell below +inf (the sentinel included).
+    below = torch.zeros_like(per_cell).scatter_add_(1, thr_cell, (sorted_thr < big).long())
+    steps = 1 + int(below.max())
+    padded = torch.cat([sorted_thr, torch.full_like(sorted_thr[:, :1], float("inf"))], 1)
+    bucket = start.gather(1, cell(chunk))
+    for _ in range(steps):
+        bucket += padded.gather(1, bucket) < chunk
+    return bucket
+
+
+def _hinge_sums(
+    chunk: Tensor,
+    bucket: Tensor,
+    rows: slice,
+    out: Scan,
+    at_most: Tensor,
+    where: Tensor,
+    perm: Tensor,
+    valid: Tensor,
+    block: int,
+    slots: int,
+) -> None:
+    """Per pair: count and sum of the negatives under the hinge; per negative: its pair count."""
+    assert out.hinge_count is not None and out.hinge_sum is not None
+    assert out.neg_weight is not None
+    cols = slice(block * slots, (block + 1) * slots)
+    finite = torch.where(torch.isinf(chunk), 0.0, chunk)
+    sums = torch.zeros(len(chunk), at_most.shape[1] + 1, dtype=chunk.dtype, device=chunk.device)
+    below_sum = sums.scatter_add_(1, bucket, finite).cumsum(1).gather(1, where)
+    out.hinge_count[rows] = at_most[:, cols] * valid
+    out.hinge_sum[rows] = below_sum[:, cols] * valid
+    # weight of negative n = #{valid hinge thresholds >= its bucket} = total - #{those before}.
+    is_hinge = torch.zeros_like(at_most)
+    is_hinge[:, cols] = valid.to(chunk.dtype)
+    before = torch.cat([torch.zeros_like(is_hinge[:, :1]), is_hinge.gather(1, perm).cumsum(1)], 1)
+    total = is_hinge.sum(1, keepdim=True)
+    torch.sub(total, before.gather(1, bucket), out=out.neg_weight[rows])
+
+
+def _semi_hard_choice(
+    chunk: Tensor,
+    bucket: Tensor,
+    rows: slice,
+    out: Scan,
+    where: Tensor,
+    valid: Tensor,
+    block: int,
+    slots: int,
+) -> None:
+    """Per pair: the closest negative strictly above its semi-hard threshold."""
+    assert out.chosen is not None
+    n_rows, n_cols = chunk.shape
+    width = where.shape[1] + 1
+    inf = float("inf")
+    low = torch.full((n_rows, width), inf, dtype=chunk.dtype, device=chunk.device)
+    low.scatter_reduce_(1, bucket, chunk, "amin")
+    cols = torch.arange(n_cols, device=chunk.device).expand_as(chunk)
+    is_low = chunk == low.gather(1, bucket)
+    low_col = torch.full((n_rows, width), n_cols, dtype=torch.long, device=chunk.device)
+    low_col.scatter_reduce_(1, bucket, torch.where(is_low, cols, n_cols), "amin")
+    # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
+    suffix, arg = torch.cummin(low.flip(1), 1)
+    suffix, arg = suffix.flip(1), (width - 1 - arg).flip(1)
+    above = where[:, block * slots : (block + 1) * slots] + 1
+    found = torch.isfinite(suffix.gather(1, above)) & valid
+    pick = low_col.gather(1, arg.gather(1, above))
+    out.chosen[rows] = torch.where(found, pick, -1)
+
+
+def check_mining_options(strategy: str, offset: float, fallback: str) -> None:
+    """Raise ValueError naming the argument at fault."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"mining must be one of {STRATEGIES}, got {strategy!r}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if not isinstance(offset, (int, float)) or offset != offset:
+        raise ValueError(f"offset must be a number (inf allowed, not NaN), got {offset!r}")
+
+
+def select(result: Scan, strategy: str, fallback: str = "skip") -> Triplets:
+    """The triplets of ``strategy`` ("hard" or "semi-hard") from a :class:`Scan`."""
+    if strategy == "hard":
+        assert result.closest is not None
+        if result.pos.shape[1] == 0:
+            empty = result.pos.new_zeros(0)
+            return Triplets(empty, empty, empty)
+        usable = result.pos_valid.any(1) & result.has_neg
+        masked = torch.where(result.pos_valid, result.d_ap, -float("inf"))
+        hardest_pos = result.pos.gather(1, masked.argmax(1, keepdim=True)).squeeze(1)
+        anchors = torch.nonzero(usable).squeeze(1)
+        return Triplets(anchors, hardest_pos[anchors], result.closest[anchors])
+    if strategy != "semi-hard":
+        raise ValueError(f"select() takes 'hard' or 'semi-hard', got {strategy!r}")
+    assert result.chosen is not None
+    pairs = result.pos_valid & result.has_neg[:, None]
+    chosen = result.chosen
+    missing = pairs & (chosen < 0)
+    if fallback == "hardest":
+        assert result.closest is not None
+        chosen = torch.where(missing, result.closest[:, None], chosen)
+    elif fallback == "easiest":
+        assert result.farthest is not None
+        chosen = torch.where(missing, result.farthest[:, None], chosen)
+    keep = pairs & (chosen >= 0)
+    anchor, slot = torch.nonzero(keep, as_tuple=True)
+    dropped = int(missing.sum()) if fallback == "skip" else 0
+    return Triplets(anchor, result.pos[anchor, slot], chosen[anchor, slot], dropped)
+
+
+def all_triplets(labels: Tensor) -> Triplets:
+    """Every valid triplet, enumerated. Memory O(number of triplets): for inspection and small
+    batches only; the loss never lists them."""
+    groups = label_groups(labels)
+    rows = torch.arange(len(labels), device=labels.device)
+    pos, pos_valid = groups.positive_slots(rows)
+    anchor, slot = torch.nonzero(pos_valid, as_tuple=True)
+    positive = pos[anchor, slot]
+    different = labels[anchor, None] != labels[None, :]
+    t, neg = torch.nonzero(different, as_tuple=True)
+    return Triplets(anchor[t], positive[t], neg)
+
+
+def mine(
+    distances: Tensor,
+    labels: Tensor,
+    strategy: str = "semi-hard",
+    *,
+    offset: float = 0.0,
+    fallback: str = "skip",
+) -> Triplets:
+    """Select triplets from a distance matrix.
+
+    Args:
+        distances: (B, B) distances (any dissimilarity; only its order matters).
+        labels: (B,) integer labels.
+        strategy: "all", "hard" or "semi-hard" (see the module docstring).
+        offset: semi-hard offset t: negatives must satisfy D[a,n] > D[a,p] + t.
+        fallback: semi-hard, when no negative qualifies: "skip", "hardest" or "easiest".
+
+    Returns:
+        :class:`Triplets`, sorted by (anchor, positive). "all" lists every valid triplet, which
+        takes memory in their number; :func:`tripletkit.triplet_loss` never does.
+    """
+    check_mining_options(strategy, offset, fallback)
+    with torch.no_grad():
+        if strategy == "all":
+            return all_triplets(labels)
+        result = scan(
+            distances, labels, margin=0.0, strategy=strategy, offset=offset, fallback=fallback
+        )
+        return select(result, strategy, fallback)

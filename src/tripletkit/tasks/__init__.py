@@ -1,0 +1,1 @@
+"""Task modules: each wires data, a model and its evaluation to the core."""

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+
+def random_labels(layout: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Label layouts the oracle tests sweep."""
+    if layout == "balanced":
+        k = int(torch.randint(2, 6, (1,), generator=gen))
+        return torch.arange(max(1, n // k)).repeat_interleave(k)
+    if layout == "unbalanced":
+        sizes = torch.randint(1, 9, (n,), generator=gen)
+        labels = torch.arange(n).repeat_interleave(sizes)[:n]
+        return labels[torch.randperm(len(labels), generator=gen)]
+    if layout == "singletons":
+        labels = torch.randint(0, max(2, n // 3), (n,), generator=gen)
+        labels[: n // 3] = torch.arange(1000, 1000 + n // 3)
+        return labels[torch.randperm(n, generator=gen)]
+    if layout == "one_class":
+        return torch.full((n,), 7)
+    if layout == "distinct":
+        return torch.randperm(n, generator=gen) * 3 - 5
+    if layout == "large_k":  # many positives per anchor: the grid bucketing path
+        return torch.randint(0, 3, (n,), generator=gen)
+    raise ValueError(layout)
+
+
+LAYOUTS = ["balanced", "unbalanced", "singletons", "one_class", "distinct", "large_k"]
+
+
+@pytest.fixture(params=["compare", "grid"])
+def bucketing(request, monkeypatch):
+    """Run a test under both bucketing paths of the miner."""
+    import tripletkit.mining as mining
+
+    monkeypatch.setattr(
+        mining, "_COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0
+    )
+    return request.param

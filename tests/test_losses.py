@@ -1,0 +1,204 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LAYOUTS, random_labels
+from reference import loop_loss
+from tripletkit import TripletLoss, triplet_loss
+
+OPTIONS = [
+    dict(mining=mining, soft=soft, reduction=reduction)
+    for mining in ("all", "hard", "semi-hard")
+    for soft in (False, True)
+    for reduction in ("mean", "mean_active", "sum")
+]
+
+
+def assert_matches_oracle(x, labels, **options):
+    ours = x.clone().requires_grad_()
+    loss, stats = triplet_loss(ours, labels, **options)
+    loss.backward()
+    ref = x.clone().requires_grad_()
+    ref_loss, ref_stats = loop_loss(ref, labels.tolist(), **options)
+    ref_loss.backward()
+    tol = 1e-5 if x.dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=tol, atol=tol)
+    # the gradient goes through another but equal formula (2 deg_i x_i - 2 (W x)_i)
+    grad_tol = 1e-4 if x.dtype == torch.float32 else 1e-7
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=grad_tol, atol=grad_tol)
+    got = stats.as_dict()
+    for key, value in ref_stats.items():
+        if math.isnan(value):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-6), key
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_matches_loop_oracle(layout, dtype, bucketing):
+    for seed in range(6):
+        gen = torch.Generator().manual_seed(seed)
+        labels = random_labels(layout, int(torch.randint(2, 24, (1,), generator=gen)), gen)
+        x = torch.randn(len(labels), 5, generator=gen, dtype=dtype)
+        distance = ("squared", "euclidean", "cosine")[seed % 3]
+        offset = [0.0, 0.25, -0.3, -float("inf"), 2.0, float("inf")][seed]
+        fallback = ("skip", "hardest", "easiest")[seed % 3]
+        for options in OPTIONS:
+            assert_matches_oracle(
+                x,
+                labels,
+                distance=distance,
+                offset=offset,
+                fallback=fallback,
+                margin=[0.2, 0.0, 1.0][seed % 3],
+                **options,
+            )
+
+
+def test_larger_batches_match_oracle():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(12).repeat_interleave(6)
+    x = torch.nn.functional.normalize(torch.randn(72, 16, generator=gen, dtype=torch.float64))
+    for mining in ("all", "hard", "semi-hard"):
+        assert_matches_oracle(x, labels, mining=mining)
+
+
+# Hand-written case on a line (euclidean, margin 0.25): positions 0, 0.5, 0.75, 1.5 with labels
+# [0, 0, 1, 1]. d01 = .5, d02 = .75, d03 = 1.5, d12 = .25, d13 = 1, d23 = .75 (all exact).
+LINE = torch.tensor([[0.0], [0.5], [0.75], [1.5]], dtype=torch.float64)
+LINE_LABELS = torch.tensor([0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("mining", "reduction", "expected", "active"),
+    [
+        # (0,1,2) 0 [tie: d_an == d_ap + m], (1,0,2) .5, (2,3,1) .75, (3,2,1) 0 [tie]
+        ("hard", "sum", 1.25, 2 / 4),
+        ("hard", "mean", 1.25 / 4, 2 / 4),
+        ("hard", "mean_active", 1.25 / 2, 2 / 4),
+        # active: (1,0,2) .5, (2,3,0) .25, (2,3,1) .75 of 8 valid triplets
+        ("all", "sum", 1.5, 3 / 8),
+        ("all", "mean", 1.5 / 8, 3 / 8),
+        ("all", "mean_active", 1.5 / 3, 3 / 8),
+        # (0,1,2) 0, (1,0,3) 0, (3,2,1) 0; (2,3) has no negative beyond .75: dropped
+        ("semi-hard", "mean", 0.0, 0.0),
+        ("semi-hard", "mean_active", 0.0, 0.0),
+    ],
+)
+def test_hand_written_losses(mining, reduction, expected, active):
+    x = LINE.clone().requires_grad_()
+    loss, stats = triplet_loss(
+        x, LINE_LABELS, margin=0.25, mining=mining, distance="euclidean", reduction=reduction
+    )
+    assert loss.item() == pytest.approx(expected)
+    assert stats.active_fraction == pytest.approx(active)
+    # easy: (0,1,3) (1,0,3) (3,2,0); semi-hard: (0,1,2) (3,2,1); hard: (1,0,2) (2,3,0) (2,3,1)
+    assert (stats.easy_fraction, stats.semihard_fraction, stats.hard_fraction) == (
+        3 / 8,
+        2 / 8,
+        3 / 8,
+    )
+    assert stats.valid_triplets == 8
+    assert stats.mean_d_ap == pytest.approx((0.5 * 2 + 0.75 * 2) / 4)
+    assert stats.mean_d_an == pytest.approx((0.75 + 1.5 + 0.25 + 1.0) * 2 / 8)
+    assert stats.dropped_pairs == (1 if mining == "semi-hard" else 0)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_hand_written_gradient():
+    # hard, sum: active (1,0,2) and (2,3,1); d/dx of |x1-x0| - |x1-x2| + |x2-x3| - |x2-x1|
+    x = LINE.clone().requires_grad_()
+    loss, _ = triplet_loss(
+        x, LINE_LABELS, margin=0.25, mining="hard", distance="euclidean", reduction="sum"
+    )
+    loss.backward()
+    assert x.grad.squeeze(1).tolist() == pytest.approx([-1.0, 3.0, -3.0, 1.0])
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3], [4, 4, 4, 4], [3]])
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("reduction", ["mean", "mean_active", "sum"])
+def test_batch_without_valid_triplet_gives_zero_not_nan(labels, mining, reduction):
+    x = torch.randn(len(labels), 3, requires_grad=True)
+    loss, stats = triplet_loss(x, torch.tensor(labels), mining=mining, reduction=reduction)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert stats.valid_triplets == 0 and stats.triplets == 0
+    assert not math.isnan(stats.active_fraction)
+
+
+@pytest.mark.parametrize("distance", ["squared", "euclidean", "cosine"])
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_finite_gradients_with_duplicate_embeddings(distance, mining, soft):
+    base = torch.randn(3, 4)
+    x = base.repeat_interleave(3, 0).requires_grad_()  # every point three times
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 0])
+    loss, _ = triplet_loss(
+        x, labels, mining=mining, distance=distance, soft=soft, fallback="hardest"
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+def test_module_matches_function_and_is_tunable():
+    x = torch.randn(12, 4)
+    labels = torch.arange(4).repeat_interleave(3)
+    module = TripletLoss(margin=0.3, mining="hard")
+    assert module(x, labels)[0] == triplet_loss(x, labels, margin=0.3, mining="hard")[0]
+    module.offset = 0.1
+    assert module(x, labels)[0] == triplet_loss(x, labels, margin=0.3, mining="hard", offset=0.1)[0]
+    assert "mining='hard'" in repr(module)
+
+
+def test_half_precision_embeddings_are_mined_in_float32():
+    x = torch.randn(12, 4).to(torch.bfloat16).requires_grad_()
+    loss, _ = triplet_loss(x, torch.arange(4).repeat_interleave(3))
+    loss.backward()
+    assert loss.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+
+
+def test_labels_may_be_a_list_or_numpy_array():
+    x = torch.randn(6, 2)
+    want = triplet_loss(x, torch.tensor([0, 0, 1, 1, 2, 2]))[0]
+    assert triplet_loss(x, [0, 0, 1, 1, 2, 2])[0] == want
+    assert triplet_loss(x, np.array([0, 0, 1, 1, 2, 2]))[0] == want
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "labels", "options", "message"),
+    [
+        (torch.zeros(4), [0, 0, 1, 1], {}, "embeddings must be 2-D"),
+        (torch.zeros(2, 2, 2), [0, 1], {}, "embeddings must be 2-D"),
+        (torch.zeros(4, 2, dtype=torch.long), [0, 0, 1, 1], {}, "floating point"),
+        (torch.tensor([[0.0, float("nan")], [1, 1]]), [0, 1], {}, r"NaN or infinite .*rows \[0\]"),
+        (torch.tensor([[0.0, 1.0], [float("inf"), 1]]), [0, 1], {}, r"rows \[1\]"),
+        ([[0.0, 1.0]], [0], {}, "must be a torch.Tensor"),
+        (torch.zeros(4, 2), [0, 0, 1], {}, r"labels must have shape \(4,\)"),
+        (torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.long), {}, "labels must have shape"),
+        (torch.zeros(4, 2), [0.0, 0.0, 1.0, 1.0], {}, "labels must be integers"),
+        (torch.zeros(4, 2), torch.tensor([0.0, 0, 1, 1]), {}, "labels must be an integer"),
+        (torch.zeros(4, 2), torch.tensor([True, True, False, False]), {}, "integer"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"mining": "batch_all"}, "mining must be one of"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"fallback": "random"}, "fallback must be one of"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"distance": "l1"}, "distance must be one of"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"reduction": "max"}, "reduction must be one of"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"margin": -0.1}, "margin must be"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"margin": float("nan")}, "margin must be"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"offset": float("nan")}, "offset must be"),
+        (torch.zeros(4, 2), [0, 0, 1, 1], {"soft": 1}, "soft must be"),
+    ],
+)
+def test_bad_input_is_a_clear_error(embeddings, labels, options, message):
+    with pytest.raises(ValueError, match=message):
+        triplet_loss(embeddings, labels, **options)
+
+
+def test_module_checks_options_at_construction():
+    with pytest.raises(ValueError, match="mining"):
+        TripletLoss(mining="semihard")
