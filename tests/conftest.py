@@ -30,9 +30,9 @@ LAYOUTS = ["balanced", "unbalanced", "singletons", "one_class", "distinct", "lar
 @pytest.fixture(params=["compare", "grid"])
 def bucketing(request, monkeypatch):
     """Run a test under both bucketing paths of the miner."""
-    import tripletkit.mining as mining
+    import tripletkit._bucketing as bucketing
 
     monkeypatch.setattr(
-        mining, "_COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0
+        bucketing, "COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0
     )
     return request.param

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._bucketing import Workspace
 from .distances import check_distance, distance_gradient_surrogate, pairwise_distances
 from .mining import (
     Scan,
@@ -243,8 +244,9 @@ def _soft_all_terms(dist: Tensor, labels: Tensor) -> _Terms:
     value = torch.zeros((), dtype=torch.float64, device=dist.device)
     neg_weight = torch.zeros_like(dist)
     anchors, positives, weights, d_aps = [], [], [], []
+    ws = Workspace()
     for rows in chunk_rows(n, n):
-        chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows)
+        chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows, ws)
         pos_weight = torch.zeros_like(d_ap)
         for j in range(pos.shape[1]):
             z = torch.where(pos_valid[:, j : j + 1], d_ap[:, j : j + 1], -float("inf")) - chunk

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._bucketing import Workspace, bucketize
+
 STRATEGIES = ("all", "hard", "semi-hard")
 FALLBACKS = ("skip", "hardest", "easiest")
 
-# Bucketing by repeated comparisons beats torch.searchsorted up to about this many thresholds.
-_COMPARE_MAX_THRESHOLDS = 24
 # Elements per chunk of rows.
 _CHUNK_ELEMENTS = 1 << 20
 
@@ -228,8 +228,9 @@ def scan(
     if n == 0:
         return out
     blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
+    ws = Workspace()
     for rows in chunk_rows(n, max(n, blocks * slots + 2)):
-        _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge)
+        _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, ws)
     return out
 
 
@@ -242,9 +243,10 @@ def _scan_chunk(
     offset: float,
     semi: bool,
     all_hinge: bool,
+    ws: Workspace,
 ) -> None:
     """Fill ``out`` for one chunk of rows."""
-    chunk, pos, pos_valid, d_ap, neg_sum = masked_rows(distances, groups, rows)
+    chunk, pos, pos_valid, d_ap, neg_sum = masked_rows(distances, groups, rows, ws)
     out.pos[rows], out.pos_valid[rows], out.d_ap[rows] = pos, pos_valid, d_ap
     out.sum_d_ap += d_ap[pos_valid].sum(dtype=torch.float64)
     out.sum_d_an += neg_sum
@@ -279,7 +281,7 @@ def _scan_chunk(
 
     # bucket[a, n] = #{thresholds < D[a,n]}; D[a,n] <= sorted_thr[a, j]  <=>  bucket <= j.
     # Masked (infinite) entries land in a bucket of their own, past every finite threshold.
-    bucket = _bucketize(chunk, sorted_thr)
+    bucket = bucketize(chunk, sorted_thr, ws)
     width = sorted_thr.shape[1] + 1
     ones = torch.ones((), dtype=chunk.dtype, device=chunk.device).expand_as(chunk)
     count = torch.zeros(len(chunk), width, dtype=chunk.dtype, device=chunk.device)
@@ -290,27 +292,31 @@ def _scan_chunk(
     out.not_easy_triplets += (at_most[:, slots : 2 * slots] * valid).sum(dtype=torch.float64)
 
     if all_hinge:
-        _hinge_sums(chunk, bucket, rows, out, at_most, where, perm, valid, hinge_block, slots)
+        cols = slice(hinge_block * slots, (hinge_block + 1) * slots)
+        _hinge_sums(chunk, bucket, rows, out, at_most, where, perm, valid, cols, ws)
     if semi:
-        _semi_hard_choice(chunk, bucket, rows, out, where, valid, semi_block, slots)
+        above = where[:, semi_block * slots : (semi_block + 1) * slots] + 1
+        _semi_hard_choice(chunk, bucket, rows, out, above, valid, width, ws)
 
 
 def masked_rows(
-    distances: Tensor, groups: Groups, rows: slice
+    distances: Tensor, groups: Groups, rows: slice, ws: Workspace
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A copy of some rows of D where only negatives stay finite, with their positives.
 
     Returns:
-        (R, B) rows with +inf at every same-label column; (R, S) positive indices, validity mask
-        and distances D[a, p]; and the float64 sum of D over the rows' negatives.
+        (R, B) rows with +inf at every same-label column (a buffer of ``ws``); (R, S) positive
+        indices, validity mask and distances D[a, p]; and the float64 sum of D over the rows'
+        negatives.
     """
-    chunk = distances[rows].clone()
+    source = distances[rows]
+    chunk = ws.like("rows", source).copy_(source)
     index = torch.arange(rows.start, rows.stop, device=distances.device)
     same, same_valid = groups.same(index)
     pos, pos_valid = groups.positive_slots(index)
     d_ap = chunk.gather(1, pos)
     same_sum = (chunk.gather(1, same) * same_valid).sum(dtype=torch.float64)
-    neg_sum = chunk.sum(dtype=torch.float64) - same_sum
+    neg_sum = chunk.sum(1).sum(dtype=torch.float64) - same_sum
     chunk.scatter_(1, same, float("inf"))
     return chunk, pos, pos_valid, d_ap, neg_sum
 
@@ -319,47 +325,6 @@ def chunk_rows(n: int, width: int) -> list[slice]:
     """Consecutive row ranges of about ``_CHUNK_ELEMENTS / width`` rows each."""
     step = max(1, _CHUNK_ELEMENTS // max(width, 1))
     return [slice(b, min(n, b + step)) for b in range(0, n, step)]
-
-
-def _bucketize(chunk: Tensor, sorted_thr: Tensor) -> Tensor:
-    """(R, B) int64: for each entry, how many of its row's sorted thresholds are below it.
-
-    Few thresholds: one branch-free comparison pass per threshold. Many: a uniform grid of cells
-    over each row's finite thresholds (any monotone map from values to cells gives exact
-    answers), then a few exact steps inside the entry's cell. Both beat torch.searchsorted, whose
-    binary search mispredicts branches when distances and thresholds interleave.
-    """
-    width = sorted_thr.shape[1]
-    if width <= _COMPARE_MAX_THRESHOLDS:
-        acc = torch.zeros(chunk.shape, dtype=torch.uint8, device=chunk.device)
-        for j in range(width):
-            acc += chunk > sorted_thr[:, j : j + 1]
-        return acc.long()
-    big = torch.finfo(sorted_thr.dtype).max
-    finite = torch.isfinite(sorted_thr) & (sorted_thr < big)
-    lo = torch.where(finite, sorted_thr, float("inf")).amin(1, keepdim=True)
-    hi = torch.where(finite, sorted_thr, -float("inf")).amax(1, keepdim=True)
-    spread = hi - lo
-    lo = torch.where(finite.any(1, keepdim=True), lo, 0.0)
-    cells = 16 * width
-    scale = torch.where(spread > 0, cells / torch.where(spread > 0, spread, 1.0), 1.0)
-
-    def cell(values: Tensor) -> Tensor:
-        # monotone in value: a threshold in a lower cell is below the entry, in a higher above.
-        return (values - lo).mul_(scale).floor_().add_(1.0).clamp_(0, cells + 1).long()
-
-    thr_cell = cell(sorted_thr)
-    per_cell = torch.zeros(len(chunk), cells + 2, dtype=torch.long, device=chunk.device)
-    per_cell.scatter_add_(1, thr_cell, torch.ones_like(thr_cell))
-    start = per_cell.cumsum(1) - per_cell
-    # An entry passes at most the thresholds of its cell below +inf (the sentinel included).
-    below = torch.zeros_like(per_cell).scatter_add_(1, thr_cell, (sorted_thr < big).long())
-    steps = 1 + int(below.max())
-    padded = torch.cat([sorted_thr, torch.full_like(sorted_thr[:, :1], float("inf"))], 1)
-    bucket = start.gather(1, cell(chunk))
-    for _ in range(steps):
-        bucket += padded.gather(1, bucket) < chunk
-    return bucket
 
 
 def _hinge_sums(
@@ -371,24 +336,24 @@ def _hinge_sums(
     where: Tensor,
     perm: Tensor,
     valid: Tensor,
-    block: int,
-    slots: int,
+    cols: slice,
+    ws: Workspace,
 ) -> None:
     """Per pair: count and sum of the negatives under the hinge; per negative: its pair count."""
     assert out.hinge_count is not None and out.hinge_sum is not None
     assert out.neg_weight is not None
-    cols = slice(block * slots, (block + 1) * slots)
-    finite = torch.where(torch.isinf(chunk), 0.0, chunk)
+    # Masked entries add +inf to their own bucket, past every finite threshold: never read.
     sums = torch.zeros(len(chunk), at_most.shape[1] + 1, dtype=chunk.dtype, device=chunk.device)
-    below_sum = sums.scatter_add_(1, bucket, finite).cumsum(1).gather(1, where)
-    out.hinge_count[rows] = at_most[:, cols] * valid
-    out.hinge_sum[rows] = below_sum[:, cols] * valid
+    below_sum = sums.scatter_add_(1, bucket, chunk).cumsum(1).gather(1, where)
+    out.hinge_count[rows] = torch.where(valid, at_most[:, cols], 0.0)
+    out.hinge_sum[rows] = torch.where(valid, below_sum[:, cols], 0.0)
     # weight of negative n = #{valid hinge thresholds >= its bucket} = total - #{those before}.
     is_hinge = torch.zeros_like(at_most)
     is_hinge[:, cols] = valid.to(chunk.dtype)
     before = torch.cat([torch.zeros_like(is_hinge[:, :1]), is_hinge.gather(1, perm).cumsum(1)], 1)
     total = is_hinge.sum(1, keepdim=True)
-    torch.sub(total, before.gather(1, bucket), out=out.neg_weight[rows])
+    seen = torch.gather(before, 1, bucket, out=ws.like("scratch", chunk))
+    torch.sub(total, seen, out=out.neg_weight[rows])
 
 
 def _semi_hard_choice(
@@ -396,26 +361,31 @@ def _semi_hard_choice(
     bucket: Tensor,
     rows: slice,
     out: Scan,
-    where: Tensor,
+    above: Tensor,
     valid: Tensor,
-    block: int,
-    slots: int,
+    width: int,
+    ws: Workspace,
 ) -> None:
-    """Per pair: the closest negative strictly above its semi-hard threshold."""
+    """Per pair: the closest negative in buckets ``above`` and higher (strictly above the
+    pair's semi-hard threshold)."""
     assert out.chosen is not None
     n_rows, n_cols = chunk.shape
-    width = where.shape[1] + 1
-    inf = float("inf")
-    low = torch.full((n_rows, width), inf, dtype=chunk.dtype, device=chunk.device)
+    low = torch.full((n_rows, width), float("inf"), dtype=chunk.dtype, device=chunk.device)
     low.scatter_reduce_(1, bucket, chunk, "amin")
+    # Per bucket, the smallest column holding its minimum.
+    is_low = torch.eq(
+        chunk,
+        torch.gather(low, 1, bucket, out=ws.like("scratch", chunk)),
+        out=ws.like("above", chunk, torch.bool),
+    )
     cols = torch.arange(n_cols, device=chunk.device).expand_as(chunk)
-    is_low = chunk == low.gather(1, bucket)
+    none = torch.full((), n_cols, device=chunk.device).expand_as(chunk)
+    candidates = torch.where(is_low, cols, none, out=ws.like("cell", chunk, torch.long))
     low_col = torch.full((n_rows, width), n_cols, dtype=torch.long, device=chunk.device)
-    low_col.scatter_reduce_(1, bucket, torch.where(is_low, cols, n_cols), "amin")
+    low_col.scatter_reduce_(1, bucket, candidates, "amin")
     # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
     suffix, arg = torch.cummin(low.flip(1), 1)
     suffix, arg = suffix.flip(1), (width - 1 - arg).flip(1)
-    above = where[:, block * slots : (block + 1) * slots] + 1
     found = torch.isfinite(suffix.gather(1, above)) & valid
     pick = low_col.gather(1, arg.gather(1, above))
     out.chosen[rows] = torch.where(found, pick, -1)

@@ -1,0 +1,309 @@
+"""Loss + in-batch mining, forward + backward: tripletkit beside pytorch-metric-learning,
+sentence-transformers and the bare B x B matrix product.
+
+Every (method, batch size) runs in a fresh process; the table gives the median time per step,
+its ratio to the bare product (E @ E.T forward + backward, which any miner pays), and the peak
+extra resident memory of the process. Usage:
+
+    python benchmarks/bench_loss.py --out benchmarks/loss_cpu.md
+    python benchmarks/bench_loss.py --sizes 1800 --methods bare,tripletkit-hard   # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SIZES = {128: (32, 4), 512: (128, 4), 1800: (45, 40), 4096: (1024, 4), 8192: (2048, 4)}
+DIM = 128
+MARGIN = 0.2
+METHODS = {
+    "bare": "bare B x B product (E @ E.T, forward + backward)",
+    "tripletkit-all": "tripletkit mining='all'",
+    "tripletkit-hard": "tripletkit mining='hard'",
+    "tripletkit-semi-hard": "tripletkit mining='semi-hard'",
+    "pml-semihard": "pytorch-metric-learning TripletMarginMiner('semihard') + TripletMarginLoss",
+    "pml-hard": "pytorch-metric-learning TripletMarginMiner('hard') + TripletMarginLoss",
+    "pml-all": "pytorch-metric-learning TripletMarginMiner('all') + TripletMarginLoss",
+    "pml-batchhard": "pytorch-metric-learning BatchHardMiner + TripletMarginLoss",
+    "st-semi-hard": "sentence-transformers BatchSemiHardTripletLoss",
+    "st-hard": "sentence-transformers BatchHardTripletLoss",
+    "st-all": "sentence-transformers BatchAllTripletLoss",
+}
+
+
+def _step_function(method: str, labels):  # noqa: ANN202 - returns a closure over libraries
+    """The function that computes one loss (with backward) for ``method``."""
+    import torch
+
+    if method == "bare":
+        return lambda e: (e @ e.T).backward(torch.ones(len(e), len(e)))
+    if method.startswith("tripletkit-"):
+        from tripletkit import triplet_loss
+
+        mining = method.removeprefix("tripletkit-")
+        return lambda e: triplet_loss(e, labels, margin=MARGIN, mining=mining)[0].backward()
+    if method.startswith("pml-"):
+        from pytorch_metric_learning import losses, miners
+
+        loss = losses.TripletMarginLoss(margin=MARGIN)
+        kind = method.removeprefix("pml-")
+        miner = (
+            miners.BatchHardMiner()
+            if kind == "batchhard"
+            else miners.TripletMarginMiner(margin=MARGIN, type_of_triplets=kind)
+        )
+        return lambda e: loss(e, labels, miner(e, labels)).backward()
+    from sentence_transformers.sentence_transformer import losses as st
+
+    kind = method.removeprefix("st-")
+    cls = {
+        "semi-hard": st.BatchSemiHardTripletLoss,
+        "hard": st.BatchHardTripletLoss,
+        "all": st.BatchAllTripletLoss,
+    }[kind]
+    module = cls(model=None, margin=MARGIN)  # type: ignore[arg-type]
+    fn = {
+        "semi-hard": "batch_semi_hard_triplet_loss",
+        "hard": "batch_hard_triplet_loss",
+        "all": "batch_all_triplet_loss",
+    }[kind]
+    return lambda e: getattr(module, fn)(labels, e).backward()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_one(method: str, size: int) -> dict[str, float]:
+    """Time one configuration in this process (call it in a fresh one)."""
+    import torch
+
+    torch.manual_seed(0)
+    p, k = SIZES[size]
+    labels = torch.arange(p).repeat_interleave(k)
+    base = torch.nn.functional.normalize(torch.randn(size, DIM), dim=1)
+    step: Callable = _step_function(method, labels)
+    embeddings = base.clone().requires_grad_()
+    warm = torch.randn(64, 64, requires_grad=True)  # thread pools and BLAS buffers
+    (warm @ warm.T).sum().backward()
+    before = _rss_mb()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 4 or (time.perf_counter() - start < 2.0 and len(times) < 30):
+        embeddings.grad = None
+        t0 = time.perf_counter()
+        step(embeddings)
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    timed = sorted(times[1:])  # the first call warms the allocator up
+    return {"ms": 1000 * timed[len(timed) // 2], "peak_mb": max(0.0, peak - before)}
+
+
+def run_fresh(method: str, size: int, timeout: float) -> dict[str, float] | str:
+    """run_one in a new interpreter; an error string on failure."""
+    cmd = [sys.executable, __file__, "--one", method, str(size)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return f"timeout > {timeout:.0f} s"
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return f"failed: {tail[:80]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def agreement() -> list[str]:
+    """Same batch, same definitions: our options that reproduce the other libraries' losses."""
+    import torch
+
+    from tripletkit import triplet_loss
+
+    torch.manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(24, 16), dim=1)
+    y = torch.arange(6).repeat_interleave(4)
+    rows = []
+    try:
+        from sentence_transformers.sentence_transformer import losses as st
+
+        pairs = [
+            (
+                "BatchSemiHardTripletLoss",
+                "batch_semi_hard_triplet_loss",
+                st.BatchSemiHardTripletLoss,
+                dict(mining="semi-hard", fallback="easiest"),
+            ),
+            (
+                "BatchHardTripletLoss",
+                "batch_hard_triplet_loss",
+                st.BatchHardTripletLoss,
+                dict(mining="hard"),
+            ),
+            (
+                "BatchAllTripletLoss",
+                "batch_all_triplet_loss",
+                st.BatchAllTripletLoss,
+                dict(mining="all", reduction="mean_active"),
+            ),
+        ]
+        for name, fn, cls, options in pairs:
+            theirs = getattr(cls(model=None, margin=MARGIN), fn)(y, e).item()
+            ours = triplet_loss(e, y, margin=MARGIN, distance="euclidean", **options)[0].item()
+            opts = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            rows.append(
+                f"| sentence-transformers {name} | {theirs:.6f} | "
+                f"`{opts}, distance='euclidean'` | {ours:.6f} |"
+            )
+    except ImportError:
+        rows.append("| sentence-transformers | not installed | | |")
+    try:
+        from pytorch_metric_learning import losses, miners
+
+        miner = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard")
+        theirs = losses.TripletMarginLoss(margin=MARGIN)(e, y, miner(e, y)).item()
+        ours = triplet_loss(e, y, margin=MARGIN, distance="euclidean")[0].item()
+        rows.append(
+            f"| pytorch-metric-learning TripletMarginMiner('semihard') | {theirs:.6f} | "
+            f"`mining='semi-hard', distance='euclidean'` (another definition) | "
+            f"{ours:.6f} |"
+        )
+    except ImportError:
+        rows.append("| pytorch-metric-learning | not installed | | |")
+    return rows
+
+
+def _versions() -> str:
+    import torch
+
+    parts = [f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    for name in ("pytorch_metric_learning", "sentence_transformers"):
+        try:
+            module = __import__(name)
+            parts.append(f"{name.replace('_', '-')} {module.__version__}")
+        except ImportError:
+            parts.append(f"{name.replace('_', '-')} not installed")
+    return ", ".join(parts)
+
+
+def render(results: dict[str, dict[int, dict | str]], sizes: list[int]) -> str:
+    """The Markdown report."""
+    head = "| method | " + " | ".join(f"B={s} ({SIZES[s][0]}x{SIZES[s][1]})" for s in sizes) + " |"
+    lines = [
+        "# Loss + in-batch mining: time per step and peak memory (CPU)",
+        "",
+        f"Regenerate: `make bench` ({datetime.date.today().isoformat()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores; {_versions()}).",
+        "",
+        f"Forward + backward, d = {DIM}, margin {MARGIN}, random unit-norm embeddings, P x K "
+        "labels; each cell is a fresh process: median time per step / peak extra resident "
+        "memory, and in brackets the time as a multiple of the bare B x B product.",
+        "",
+        head,
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for method, label in METHODS.items():
+        if method not in results:
+            continue
+        cells = []
+        for s in sizes:
+            cell = results[method].get(s)
+            bare = results.get("bare", {}).get(s)
+            if isinstance(cell, dict):
+                text = f"{_fmt_ms(cell['ms'])} / {cell['peak_mb']:.0f} MB"
+                if isinstance(bare, dict) and method != "bare":
+                    text += f" ({cell['ms'] / bare['ms']:.1f}x)"
+                cells.append(text)
+            else:
+                cells.append(cell or "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        *_targets(results, sizes),
+        "",
+        "## Same batch, same definition",
+        "",
+        "A 6 x 4 batch of 16-d unit vectors, margin 0.2: the tripletkit options that give "
+        "each library's loss.",
+        "",
+        "| library loss | value | tripletkit options | value |",
+        "|---|---|---|---|",
+        *agreement(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.1f} ms"
+
+
+def _targets(results: dict[str, dict[int, dict | str]], sizes: list[int]) -> list[str]:
+    """Issue targets: within 3x of the bare product at B = 1800 and 8192, < 2 GB at 8192."""
+    out = ["## Targets", ""]
+    for method in ("tripletkit-all", "tripletkit-hard", "tripletkit-semi-hard"):
+        notes = []
+        for s in (1800, 8192):
+            cell, bare = results.get(method, {}).get(s), results.get("bare", {}).get(s)
+            if s in sizes and isinstance(cell, dict) and isinstance(bare, dict):
+                ratio = cell["ms"] / bare["ms"]
+                notes.append(f"B={s}: {ratio:.1f}x bare ({'met' if ratio <= 3 else 'MISSED'})")
+                if s == 8192:
+                    ok = cell["peak_mb"] < 2048
+                    notes.append(f"peak {cell['peak_mb']:.0f} MB ({'met' if ok else 'MISSED'})")
+        if notes:
+            out.append(f"- {METHODS[method]}: " + "; ".join(notes))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "B"), help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="batch sizes")
+    parser.add_argument("--methods", default=",".join(METHODS), help="methods, comma-separated")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
+    parser.add_argument("--out", type=Path, help="write the Markdown table here")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]))))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS] + [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(
+            f"unknown methods or sizes: {unknown}; choose from {list(METHODS)} and {list(SIZES)}"
+        )
+    results: dict[str, dict[int, dict | str]] = {m: {} for m in methods}
+    for size in sizes:
+        for method in methods:
+            results[method][size] = cell = run_fresh(method, size, args.timeout)
+            shown = (
+                cell
+                if isinstance(cell, str)
+                else f"{_fmt_ms(cell['ms'])}, {cell['peak_mb']:.0f} MB"
+            )
+            print(f"B={size:5d} {method:22s} {shown}", flush=True)
+    report = render(results, sizes)
+    if args.out:
+        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as tmp:
+            tmp.write(report)
+        os.replace(tmp.name, args.out)
+        print(f"wrote {args.out}")
+    else:
+        print(report)
+
+
+if __name__ == "__main__":
+    main()
