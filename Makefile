@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[faces,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +30,7 @@ demo: $(STAMP)
 # Side-by-side loss + mining benchmark against pytorch-metric-learning and sentence-transformers;
 # rewrites benchmarks/loss_cpu.md.
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[faces,dev,bench]'
 	$(BIN)/python benchmarks/bench_loss.py --out benchmarks/loss_cpu.md
 
 clean:

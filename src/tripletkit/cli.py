@@ -1,36 +1,256 @@
-"""Command line: ``tripletkit <command> ...``; each command parses, calls one workflow, reports."""
+"""Command line: ``tripletkit <command>``. Each command parses its arguments, loads the config,
+calls one workflow, and reports where the outputs went."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_write, write_json
+from .config import Config, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.source={args.data}")
+    if getattr(args, "name", None):
+        overrides.append(f"name={args.name}")
+    return load_config(args.config, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .tasks import faces
+
+    cfg = _config(args)
+    run = Path(args.runs) / cfg.name
+    models = faces.train(cfg, run, resume=args.resume, progress=not args.quiet)
+    print(f"trained {len(models)} model(s) in {run}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .report import FACE_METRICS, metrics_table
+    from .tasks import faces
+
+    summary = faces.evaluate(args.run, progress=not args.quiet)
+    print(metrics_table(summary, FACE_METRICS, list(summary)))
+    print(f"report: {Path(args.run) / 'report.md'}")
+    print(f"metrics: {Path(args.run) / 'metrics.json'}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .tasks.synthetic import run_demo
+    _train(args)
+    args.run = str(Path(args.runs) / _config(args).name)
+    return _evaluate(args)
 
-    run_demo(steps=args.steps, seed=args.seed)
+
+def _crop(detect: bool):  # noqa: ANN202
+    if not detect:
+        return None
+    from .data.detect import face_cropper
+
+    return face_cropper()
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .data.images import load_unlabelled
+    from .tasks import faces
+
+    model, cfg, _ = faces.load_model(args.model)
+    data = load_unlabelled(
+        args.folder,
+        (cfg.data.height, cfg.data.width),
+        cfg.data.channels,
+        strict=args.strict,
+        crop=_crop(args.detect),
+    )
+    emb = faces.embed(model, data.images)
+    out = Path(args.out)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, embeddings=emb, paths=np.array(data.paths))
+
+    atomic_write(out, write)
+    print(f"{len(emb)} embeddings of dimension {emb.shape[1]} -> {out}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from . import metrics
+    from .data.images import load_unlabelled
+    from .report import cluster_montage
+    from .tasks import faces
+
+    model, cfg, meta = faces.load_model(args.model)
+    data = load_unlabelled(
+        args.folder,
+        (cfg.data.height, cfg.data.width),
+        cfg.data.channels,
+        strict=args.strict,
+        crop=_crop(args.detect),
+    )
+    dist = metrics.distance_matrix(faces.embed(model, data.images))
+    if args.clusters:
+        groups = metrics.agglomerative(dist, n_clusters=args.clusters)
+    else:
+        groups = metrics.agglomerative(dist, threshold=args.threshold or meta["cluster_threshold"])
+    out = Path(args.out)
+    listing = {
+        f"cluster{c}": [data.paths[i] for i in np.flatnonzero(groups == c)]
+        for c in np.unique(groups)
+    }
+    write_json(out / "clusters.json", listing)
+    cluster_montage(data.images.numpy(), groups, groups, out / "clusters.png")
+    print(
+        f"{len(data)} images in {len(listing)} clusters -> {out / 'clusters.json'}, "
+        f"{out / 'clusters.png'}"
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.images import read_image
+    from .tasks import faces
+
+    model, cfg, meta = faces.load_model(args.model)
+    size = (cfg.data.height, cfg.data.width)
+    crop = _crop(args.detect)
+    images = [read_image(p, size, cfg.data.channels, crop) for p in (args.image1, args.image2)]
+    a, b = faces.embed(model, torch.stack(images))
+    distance = float(np.linalg.norm(a - b))
+    same = distance <= meta["threshold"]
+    print(
+        json.dumps(
+            {
+                "distance": round(distance, 4),
+                "threshold": round(meta["threshold"], 4),
+                "same_person": same,
+            }
+        )
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tripletkit",
-        description="FaceNet triplet loss with exact in-batch mining.",
+        description="Face embeddings with the FaceNet triplet loss: train, evaluate, embed, "
+        "cluster, verify.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML config (default: built-in defaults for ORL)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=50 (repeatable)",
+        )
+        p.add_argument("--data", help="'orl' or a folder with one sub-folder per identity")
+        p.add_argument("--name", help="run name (folder under --runs)")
+        p.add_argument("--runs", default="runs", help="folder of runs (default: runs)")
+        p.add_argument(
+            "--resume", action="store_true", help="continue from the last checkpoint of each model"
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    train = commands.add_parser(
+        "train",
+        help="train on every identity fold (and ablation arm)",
+        description="Train one model per fold of held-out identities (data.fold: all, an "
+        "index, or none to train on every identity). Writes RUNS/NAME/foldK/ with "
+        "model.safetensors, model.json, train_log.jsonl and checkpoint.pt.",
+    )
+    with_config(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a trained run and write its report",
+        description="Verification, identification and clustering on the held-out identities of "
+        "every fold, for the model, its ablation arms and the baselines (eigenfaces, raw "
+        "pixels, untrained network). Writes metrics.json, report.md and PNG figures.",
+    )
+    evaluate.add_argument("run", help="the run folder, e.g. runs/demo")
+    evaluate.add_argument("--quiet", action="store_true", help="less output")
+    evaluate.set_defaults(handler=_evaluate)
+
     demo = commands.add_parser(
         "demo",
-        help="one-minute demonstration on synthetic identities",
-        description="Train a small MLP on synthetic identities with semi-hard mining and the "
-        "default curriculum, and report rank-1 accuracy on held-out identities.",
+        help="the ORL experiment: train every fold, evaluate, report",
+        description="train followed by evaluate (what `make demo` runs).",
     )
-    demo.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(run=_demo)
+    with_config(demo)
+    demo.set_defaults(handler=_demo)
+
+    def with_model(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="a model folder, e.g. runs/demo/fold0")
+        p.add_argument(
+            "--detect", action="store_true", help="find and crop the largest face first (OpenCV)"
+        )
+        p.add_argument(
+            "--strict",
+            action="store_true",
+            help="stop on an unreadable image instead of skipping it",
+        )
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed every image of a folder",
+        description="Embed every image under FOLDER; writes an .npz with 'embeddings' and 'paths'.",
+    )
+    embed.add_argument("folder")
+    with_model(embed)
+    embed.add_argument("--out", default="embeddings.npz", help="output .npz file")
+    embed.set_defaults(handler=_embed)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="group the photos of a folder by person",
+        description="Embed every image under FOLDER and group them by agglomerative clustering "
+        "(average linkage); the number of people is unknown unless --clusters is given. "
+        "Writes clusters.json and a montage clusters.png.",
+    )
+    cluster.add_argument("folder")
+    with_model(cluster)
+    cluster.add_argument("--clusters", type=int, help="number of people, when known")
+    cluster.add_argument(
+        "--threshold",
+        type=float,
+        help="distance threshold (default: the model's, chosen in training)",
+    )
+    cluster.add_argument("--out", default="clusters", help="output folder")
+    cluster.set_defaults(handler=_cluster)
+
+    verify = commands.add_parser(
+        "verify",
+        help="same person or not?",
+        description="The distance between two face images and the decision at the model's "
+        "threshold, as JSON.",
+    )
+    verify.add_argument("image1")
+    verify.add_argument("image2")
+    with_model(verify)
+    verify.set_defaults(handler=_verify)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValueError as err:
+        print(f"tripletkit {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,219 @@
+"""Run configuration: frozen dataclasses, YAML files, ``--set section.key=value`` overrides.
+
+Unknown keys are errors that list the valid ones, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how identities are split.
+
+    Attributes:
+        source: "orl" (the built-in AT&T faces) or a folder with one sub-folder per identity.
+        folds: identity folds; each fold holds out 1/folds of the identities for testing.
+        fold: which folds to run: "all", an index, or "none" (train on every identity).
+        seed: seed of the identity split.
+        height: input height in pixels (images are resized).
+        width: input width in pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+        strict: an unreadable image is an error instead of a warning.
+        pairs: optional LFW-style pairs file for verification.
+        detect: find and crop the largest face in each image first (OpenCV cascade).
+    """
+
+    source: str = "orl"
+    folds: int = 4
+    fold: str = "all"
+    seed: int = 0
+    height: int = 56
+    width: int = 46
+    channels: int = 1
+    strict: bool = False
+    pairs: str | None = None
+    detect: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A compact residual CNN: ``stages`` widths, ``blocks`` per stage, ``dim``-d output, and an
+    "avg" (global average pooling) or "flatten" (spatial) head."""
+
+    stages: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: int = 1
+    dim: int = 128
+    head: str = "avg"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Triplet loss options (see :func:`tripletkit.triplet_loss`) and the offset curriculum.
+
+    ``curriculum`` is "default" (offset from margin / 2 to 0 over the first half of training),
+    "none" (constant ``offset``), or a schedule kind ("linear", "cosine", "step") moving the
+    offset from ``offset_start`` to ``offset`` over ``curriculum_fraction`` of the steps.
+    """
+
+    margin: float = 0.2
+    mining: str = "semi-hard"
+    offset: float = 0.0
+    fallback: str = "skip"
+    distance: str = "squared"
+    soft: bool = False
+    reduction: str = "mean"
+    curriculum: str = "default"
+    offset_start: float = 0.1
+    curriculum_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: P x K batches, optimiser, learning-rate schedule, augmentation."""
+
+    epochs: int = 120
+    p: int = 10
+    k: int = 5
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    seed: int = 0
+    augment: bool = True
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    name: str = "demo"
+    task: str = "faces"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ablation: tuple[str, ...] = ()
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file, then ``section.key=value`` overrides (values parsed as
+    YAML, so ``train.lr=3e-4`` is a float and ``data.detect=true`` a bool).
+
+    Raises:
+        ValueError: an unknown key (with the valid ones), a bad value, or a malformed override.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return from_dict(Config, raw, where=str(path) if path else "--set")
+
+
+def from_dict(cls: type[T], raw: Mapping[str, Any], where: str = "config", path: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping, checking keys and value types.
+
+    Errors read ``<where>: <path.key>: <problem>``.
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: {path or 'top level'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        section = f"section {path.rstrip('.')!r}" if path else "the top level"
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(repr(f'{path}{k}') for k in unknown)} in "
+            f"{section}; valid keys: {', '.join(known)}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = from_dict(typing.cast(type, kind), value or {}, where, f"{path}{name}.")
+        else:
+            values[name] = _coerce(value, kind, f"{where}: {path}{name}")
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists), e.g. for YAML or JSON."""
+    out = dataclasses.asdict(config)
+    return _lists(out)
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,1 @@
+"""Datasets: face images (folder per identity, ORL built in) and, later, text retrieval."""

@@ -1,0 +1,281 @@
+"""Figures (matplotlib, PNG) and the Markdown report of a run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from . import metrics  # noqa: E402
+from ._io import atomic_write, write_text  # noqa: E402
+
+FACE_METRICS = [
+    ("verification_accuracy", "verif. acc."),
+    ("val_at_far_1e-3", "VAL@1e-3"),
+    ("val_at_far_1e-2", "VAL@1e-2"),
+    ("roc_auc", "ROC AUC"),
+    ("eer", "EER"),
+    ("rank1", "rank-1"),
+    ("rank5", "rank-5"),
+    ("map_at_r", "MAP@R"),
+    ("nmi", "NMI"),
+    ("ari", "ARI"),
+    ("purity", "purity"),
+    ("ari_unknown_k", "ARI (k unknown)"),
+]
+FACE_TARGETS = {
+    "val_at_far_1e-3": (">=", 0.90),
+    "eer": ("<=", 0.03),
+    "map_at_r": (">=", 0.95),
+    "ari": (">=", 0.90),
+}
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure atomically and close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def metrics_table(
+    summary: dict[str, dict[str, dict[str, float]]],
+    columns: Sequence[tuple[str, str]],
+    order: Sequence[str],
+) -> str:
+    """Markdown table: one row per method, mean +- std per metric."""
+    cols = [(k, label) for k, label in columns if any(k in summary[m] for m in order)]
+    lines = [
+        "| method | " + " | ".join(label for _, label in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for m in order:
+        cells = []
+        for k, _ in cols:
+            v = summary[m].get(k)
+            cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def roc_figure(folds: list[dict[str, Any]], methods: Sequence[str], path: Path) -> None:
+    """Mean ROC over folds (vertical averaging), false accept rate on a log axis."""
+    grid = np.logspace(-4, 0, 200)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for m in methods:
+        curves = []
+        for fold in folds:
+            d, same = metrics.all_pairs(
+                metrics.distance_matrix(fold["embeddings"][m]), fold["labels"]
+            )
+            fpr, tpr, _ = roc_curve(same, -d)
+            curves.append(np.interp(grid, fpr, tpr))
+        ax.plot(grid, np.mean(curves, 0), label=m, lw=2 if m == "tripletkit" else 1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate (different people accepted)")
+    ax.set_ylabel("validation rate (same person accepted)")
+    ax.set_title("Verification on held-out identities (mean over folds)")
+    ax.axvline(1e-3, color="grey", ls=":", lw=1)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def distance_histogram(
+    dist: np.ndarray, labels: np.ndarray, threshold: float, path: Path, title: str
+) -> None:
+    """Same-person vs different-person distances, with the decision threshold."""
+    d, same = metrics.all_pairs(dist, labels)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    bins = np.linspace(0, max(d.max(), threshold) * 1.02, 60).tolist()
+    ax.hist(d[~same], bins=bins, alpha=0.6, density=True, label=f"different ({(~same).sum()})")
+    ax.hist(d[same], bins=bins, alpha=0.6, density=True, label=f"same ({same.sum()})")
+    ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("Euclidean distance between embeddings")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def embedding_map(embeddings: dict[str, np.ndarray], labels: np.ndarray, path: Path) -> None:
+    """t-SNE maps side by side, coloured by identity."""
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(4.2 * len(embeddings), 4))
+    axes = np.atleast_1d(axes)
+    for ax, (name, emb) in zip(axes, embeddings.items(), strict=True):
+        xy = TSNE(
+            n_components=2, perplexity=min(15, len(emb) - 1), random_state=0, init="pca"
+        ).fit_transform(emb)
+        ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=18)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Test identities (t-SNE of the embeddings; colour = person)")
+    save_figure(fig, path)
+
+
+def training_curves(logs: list[Path], path: Path) -> None:
+    """Loss, triplet-type fractions and the curriculum offset per step, one line per fold."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for i, log in enumerate(logs):
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        step = np.array([r["step"] for r in rows])
+        alpha = 1.0 if i == 0 else 0.35
+        axes[0].plot(step, _smooth([r["loss"] for r in rows]), color="C0", alpha=alpha)
+        for j, key in enumerate(("easy_fraction", "semihard_fraction", "hard_fraction")):
+            axes[1].plot(
+                step,
+                _smooth([r[key] for r in rows]),
+                color=f"C{j + 1}",
+                alpha=alpha,
+                label=key.split("_")[0] if i == 0 else None,
+            )
+        axes[2].plot(step, [r["offset"] for r in rows], color="C4", alpha=alpha)
+    axes[0].set_title("loss (smoothed)")
+    axes[1].set_title("share of valid triplets in the batch")
+    axes[1].legend(fontsize=8)
+    axes[2].set_title("semi-hard offset t (curriculum)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def cluster_montage(
+    images: np.ndarray, labels: np.ndarray, clusters: np.ndarray, path: Path, per_row: int = 12
+) -> None:
+    """Faces grouped by predicted cluster: one row per cluster, title = its identities."""
+    ids = [c for c in np.unique(clusters)]
+    ids.sort(key=lambda c: -(clusters == c).sum())
+    fig, axes = plt.subplots(
+        len(ids), per_row, figsize=(per_row * 0.8, len(ids) * 1.0), squeeze=False
+    )
+    for r, c in enumerate(ids):
+        members = np.flatnonzero(clusters == c)
+        people = np.unique(labels[members])
+        for col in range(per_row):
+            ax = axes[r, col]
+            ax.axis("off")
+            if col < len(members):
+                img = images[members[col]]
+                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray")
+        axes[r, 0].set_title(
+            f"cluster {r}: {len(members)} faces, people {people.tolist()}", fontsize=7, loc="left"
+        )
+    fig.suptitle("Test faces grouped by predicted cluster (number of people unknown)", fontsize=9)
+    save_figure(fig, path)
+
+
+def _smooth(values: Sequence[float], width: int = 25) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if len(v) < width:
+        return v
+    kernel = np.ones(width) / width
+    head = np.convolve(v, kernel, mode="valid")
+    return np.concatenate([np.full(width - 1, head[0]), head])
+
+
+def faces_report(
+    run: Path,
+    cfg: Any,
+    data: Any,
+    plan: list[Any],
+    summary: dict[str, dict[str, dict[str, float]]],
+    per_fold: dict[str, list[dict[str, float]]],
+    folds: list[dict[str, Any]],
+) -> Path:
+    """Figures and ``report.md`` of a faces run."""
+    from .tasks.faces import load_model
+
+    order = ["tripletkit", *cfg.ablation, "eigenfaces", "pixels", "untrained"]
+    order = [m for m in order if m in summary]
+    roc_figure(folds, order, run / "roc.png")
+    first = folds[0]
+    _, _, thresholds = load_model(run / plan[0].name)
+    threshold = thresholds["threshold"]
+    dist = metrics.distance_matrix(first["embeddings"]["tripletkit"])
+    distance_histogram(
+        dist,
+        first["labels"],
+        threshold,
+        run / "distances.png",
+        f"tripletkit, {plan[0].name} test pairs",
+    )
+    embedding_map(
+        {m: first["embeddings"][m] for m in ("tripletkit", "eigenfaces", "untrained")},
+        first["labels"],
+        run / "map.png",
+    )
+    training_curves([run / f.name / "train_log.jsonl" for f in plan], run / "training.png")
+    clusters = metrics.agglomerative(dist, threshold=thresholds["cluster_threshold"])
+    cluster_montage(
+        data.images[plan[0].test].numpy(), first["labels"], clusters, run / "clusters.png"
+    )
+
+    main = summary["tripletkit"]
+    target_lines = []
+    for key, (op, goal) in FACE_TARGETS.items():
+        value = main[key]["mean"]
+        ok = value >= goal if op == ">=" else value <= goal
+        target_lines.append(
+            f"- {key}: {value:.3f} (target {op} {goal}: {'met' if ok else 'not met'})"
+        )
+    fold_rows = "\n".join(
+        f"| {f.name} | " + " | ".join(f"{row[k]:.3f}" for k, _ in FACE_METRICS) + " |"
+        for f, row in zip(plan, per_fold["tripletkit"], strict=True)
+    )
+    text = f"""# {cfg.name}: face embeddings with the triplet loss
+
+Data: {
+        "ORL / AT&T faces (40 people x 10 images)" if cfg.data.source == "orl" else cfg.data.source
+    }, {len(data.names)} identities, {len(data)} images at
+{cfg.data.height} x {cfg.data.width}; {len(plan)} fold(s) of held-out identities (seed
+{cfg.data.seed}): every number below is on people never seen in training, mean ± std over folds.
+
+Model: residual CNN, stages {list(cfg.model.stages)}, {cfg.model.dim}-d L2-normalised output.
+Loss: {cfg.loss.mining} mining, margin {cfg.loss.margin}, {cfg.loss.distance} distance,
+curriculum {cfg.loss.curriculum}. Training: {cfg.train.epochs} epochs of P x K =
+{cfg.train.p} x {cfg.train.k} batches, {cfg.train.optimizer} lr {cfg.train.lr}.
+
+## Results
+
+{metrics_table(summary, FACE_METRICS, order)}
+
+Verification accuracy: balanced pairs (every same-person pair, as many seeded different-person
+pairs), threshold by 10-fold cross-validation (the LFW protocol). VAL@FAR, ROC AUC and EER: over
+all pairs of test images. Rank-k and MAP@R: leave-one-out nearest neighbours. NMI, ARI and
+purity: average-linkage agglomerative clustering with the number of people known; "ARI (k
+unknown)": with a distance threshold chosen on the training identities.
+
+Targets for tripletkit (mean over folds):
+{chr(10).join(target_lines)}
+
+Per fold (tripletkit):
+
+| fold | {" | ".join(label for _, label in FACE_METRICS)} |
+|---{"|---" * len(FACE_METRICS)}|
+{fold_rows}
+
+## Figures
+
+![ROC](roc.png)
+
+![distances](distances.png)
+
+![map](map.png)
+
+![training](training.png)
+
+![clusters](clusters.png)
+"""
+    return write_text(run / "report.md", text)

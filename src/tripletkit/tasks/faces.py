@@ -1,0 +1,365 @@
+"""Faces: train on some identities, evaluate FaceNet's protocols on held-out ones.
+
+A run folder holds ``config.yaml``, one model folder per identity fold (``fold0`` ...), one per
+ablation arm and fold (``ablation/<arm>/fold0`` ...), and after :func:`evaluate`
+``metrics.json``, ``report.md`` and the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from sklearn.decomposition import PCA
+from torch import Tensor
+
+from .. import metrics
+from .._io import atomic_write, write_json, write_text
+from ..config import Config, DataConfig, from_dict, to_dict
+from ..curriculum import Curriculum, Schedule, default_curriculum
+from ..data.images import (
+    SUFFIXES,
+    ImageSet,
+    augment,
+    identity_folds,
+    load_identities,
+    orl_root,
+    read_pairs,
+    to_float,
+)
+from ..losses import TripletLoss
+from ..models import ResNetEmbedder
+from ..sampling import PKSampler
+from ..train import fit
+
+# Ablation arms: loss options layered over the run's config.
+ARMS: dict[str, dict[str, object]] = {
+    "semi-hard+curriculum": {"mining": "semi-hard", "curriculum": "default"},
+    "semi-hard fixed": {"mining": "semi-hard", "curriculum": "none", "offset": 0.0},
+    "hard": {"mining": "hard", "curriculum": "none", "offset": 0.0},
+    "all": {"mining": "all", "curriculum": "none", "offset": 0.0},
+}
+BASELINES = ("eigenfaces", "pixels", "untrained")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Training and test example indices of one identity fold."""
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+
+
+def load_faces(cfg: DataConfig) -> ImageSet:
+    """The configured image set: ORL or a folder per identity, optionally face-cropped."""
+    crop = None
+    if cfg.detect:
+        from ..data.detect import face_cropper
+
+        crop = face_cropper()
+    if cfg.source == "orl":
+        root, suffixes = orl_root(), {".pgm"}  # ORL ships one stray JPEG
+    else:
+        root, suffixes = Path(cfg.source), SUFFIXES
+    return load_identities(
+        root, (cfg.height, cfg.width), cfg.channels, strict=cfg.strict, suffixes=suffixes, crop=crop
+    )
+
+
+def folds(cfg: DataConfig, data: ImageSet) -> list[Fold]:
+    """The configured identity folds (``fold`` "all", an index, or "none": train on all)."""
+    labels = data.labels.numpy()
+    everyone = np.arange(len(labels))
+    if cfg.fold == "none":
+        return [Fold("all", everyone, everyone[:0])]
+    parts = identity_folds(len(data.names), cfg.folds, cfg.seed)
+    if cfg.fold == "all":
+        chosen = list(range(cfg.folds))
+    elif cfg.fold.isdigit() and int(cfg.fold) < cfg.folds:
+        chosen = [int(cfg.fold)]
+    else:
+        raise ValueError(f"data.fold must be 'all', 'none' or 0..{cfg.folds - 1}, got {cfg.fold!r}")
+    out = []
+    for k in chosen:
+        test = np.isin(labels, parts[k])
+        out.append(Fold(f"fold{k}", everyone[~test], everyone[test]))
+    return out
+
+
+class FaceBatches:
+    """P x K batches of (augmented) training images."""
+
+    def __init__(self, data: ImageSet, cfg: Config) -> None:
+        self.data = data
+        self.augment = cfg.train.augment
+        self.sampler = PKSampler(data.labels, cfg.train.p, cfg.train.k, seed=cfg.train.seed)
+
+    def batch(self, indices: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        images = self.data.images[indices]
+        x = augment(images, gen) if self.augment else to_float(images)
+        return x, self.data.labels[indices]
+
+
+def build_model(cfg: Config) -> ResNetEmbedder:
+    """The configured network, initialised from ``train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    return _network(cfg)
+
+
+def _network(cfg: Config) -> ResNetEmbedder:
+    return ResNetEmbedder(
+        cfg.data.channels,
+        cfg.model.stages,
+        cfg.model.blocks,
+        cfg.model.dim,
+        cfg.model.head,
+        (cfg.data.height, cfg.data.width),
+    )
+
+
+def curriculum_factory(cfg: Config) -> Callable[[int], Curriculum | None]:
+    """Builds the configured offset curriculum once the number of steps is known."""
+    loss = cfg.loss
+
+    def make(total: int) -> Curriculum | None:
+        if loss.curriculum == "none":
+            return None
+        if loss.curriculum == "default":
+            return default_curriculum(total, loss.margin)
+        steps = max(1, int(total * loss.curriculum_fraction))
+        return Curriculum(Schedule(loss.curriculum, loss.offset_start, loss.offset, steps))
+
+    if loss.curriculum not in ("none", "default", "linear", "cosine", "step"):
+        raise ValueError(
+            "loss.curriculum must be none, default, linear, cosine or step, got "
+            f"{loss.curriculum!r}"
+        )
+    return make
+
+
+def embed(model: torch.nn.Module, images: Tensor, batch_size: int = 128) -> np.ndarray:
+    """(N, C, H, W) uint8 -> (N, d) embeddings, averaged with the mirrored image."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = to_float(images[start : start + batch_size])
+            e = model(x) + model(torch.flip(x, dims=[3]))
+            out.append(torch.nn.functional.normalize(e, dim=1))
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def train_model(
+    cfg: Config,
+    data: ImageSet,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> ResNetEmbedder:
+    """Train one model on ``data`` and save it with its verification threshold."""
+    model = build_model(cfg)
+    loss = cfg.loss
+    loss_fn = TripletLoss(
+        margin=loss.margin,
+        mining=loss.mining,
+        offset=loss.offset,
+        fallback=loss.fallback,
+        distance=loss.distance,
+        soft=loss.soft,
+        reduction=loss.reduction,
+    )
+    fit(
+        model,
+        loss_fn,
+        FaceBatches(data, cfg),
+        cfg.train,
+        out_dir,
+        curriculum=curriculum_factory(cfg),
+        resume=resume,
+        progress=progress,
+        stop_after_epoch=stop_after_epoch,
+        desc=str(out_dir.name),
+    )
+    dist = metrics.distance_matrix(embed(model, data.images))
+    labels = data.labels.numpy()
+    d, same = metrics.all_pairs(dist, labels)
+    thresholds = {
+        "threshold": metrics.best_threshold(d, same),
+        "cluster_threshold": metrics.clustering_threshold(dist, labels),
+    }
+    save_model(out_dir, model, cfg, thresholds)
+    return model
+
+
+def save_model(
+    folder: Path, model: torch.nn.Module, cfg: Config, thresholds: dict[str, float]
+) -> None:
+    """``model.safetensors`` and ``model.json``: the config, the verification threshold (best
+    accuracy on training pairs) and the clustering threshold (best ARI on training people)."""
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
+    write_json(folder / "model.json", {"config": to_dict(cfg), **thresholds})
+
+
+def load_model(folder: str | Path) -> tuple[ResNetEmbedder, Config, dict[str, float]]:
+    """A model saved by :func:`save_model`, with its config and thresholds."""
+    folder = Path(folder)
+    meta_path = folder / "model.json"
+    if not meta_path.is_file():
+        raise ValueError(f"no model in {folder} (expected model.json and model.safetensors)")
+    meta = json.loads(meta_path.read_text())
+    cfg = from_dict(Config, meta["config"], where=str(meta_path))
+    model = _network(cfg)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.eval()
+    return model, cfg, {k: float(meta[k]) for k in ("threshold", "cluster_threshold")}
+
+
+def arm_config(cfg: Config, arm: str) -> Config:
+    """``cfg`` with the loss options of ablation arm ``arm``."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown ablation arm {arm!r}; arms: {', '.join(ARMS)}")
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **ARMS[arm]))  # type: ignore[arg-type]
+
+
+def train(
+    cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> list[Path]:
+    """Train the configured model on every fold, and every ablation arm; return model folders."""
+    run = Path(run_dir)
+    data = load_faces(cfg.data)
+    write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    done = []
+    jobs = [(cfg, run)] + [(arm_config(cfg, a), run / "ablation" / a) for a in cfg.ablation]
+    for job_cfg, base in jobs:
+        for fold in folds(cfg.data, data):
+            out = base / fold.name
+            if resume and (out / "model.safetensors").exists():
+                done.append(out)
+                continue
+            train_model(job_cfg, data.subset(fold.train), out, resume=resume, progress=progress)
+            done.append(out)
+    return done
+
+
+def method_embeddings(
+    cfg: Config, run: Path, data: ImageSet, fold: Fold
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(train, test) embeddings of every method on one fold."""
+    train_set, test_set = data.subset(fold.train), data.subset(fold.test)
+    out = {}
+    model, _, _ = load_model(run / fold.name)
+    out["tripletkit"] = (embed(model, train_set.images), embed(model, test_set.images))
+    for arm in cfg.ablation:
+        arm_model, _, _ = load_model(run / "ablation" / arm / fold.name)
+        out[arm] = (embed(arm_model, train_set.images), embed(arm_model, test_set.images))
+    untrained = build_model(cfg)
+    out["untrained"] = (embed(untrained, train_set.images), embed(untrained, test_set.images))
+    pix_train = train_set.images.flatten(1).float().numpy() / 255.0
+    pix_test = test_set.images.flatten(1).float().numpy() / 255.0
+    out["pixels"] = (pix_train, pix_test)
+    pca = PCA(n_components=min(100, len(pix_train) - 1), whiten=True, random_state=0)
+    eig_train, eig_test = pca.fit_transform(pix_train), pca.transform(pix_test)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    out["eigenfaces"] = (unit(eig_train), unit(eig_test))
+    return out
+
+
+def score(
+    train_emb: np.ndarray,
+    train_labels: np.ndarray,
+    test_emb: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Every metric of one method on one fold."""
+    dist = metrics.distance_matrix(test_emb)
+    out = metrics.verification(dist, test_labels, seed=seed, pairs=pairs)
+    out.update(metrics.identification(dist, test_labels))
+    n_people = len(np.unique(test_labels))
+    known = metrics.agglomerative(dist, n_clusters=n_people)
+    out.update(metrics.clustering_scores(test_labels, known))
+    threshold = metrics.clustering_threshold(metrics.distance_matrix(train_emb), train_labels)
+    unknown = metrics.agglomerative(dist, threshold=threshold)
+    out.update(
+        {f"{k}_unknown_k": v for k, v in metrics.clustering_scores(test_labels, unknown).items()}
+    )
+    out["clusters_unknown_k"] = float(len(np.unique(unknown)))
+    return out
+
+
+def evaluate(
+    run_dir: str | Path, *, progress: bool = True
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Score every method on every fold; write ``metrics.json``, the figures and ``report.md``.
+
+    Returns:
+        method -> metric -> {"mean", "std"} over folds.
+    """
+    from .. import report
+
+    run = Path(run_dir)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run} is not a training run (no config.yaml); run tripletkit train")
+    cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text()), where=str(cfg_path))
+    data = load_faces(cfg.data)
+    plan = [f for f in folds(cfg.data, data) if len(f.test)]
+    if not plan:
+        raise ValueError(f"{run} has no held-out identities to evaluate (data.fold=none)")
+    per_fold: dict[str, list[dict[str, float]]] = {}
+    tests: list[dict] = []  # per fold: test embeddings of every method, for the figures
+    for i, fold in enumerate(plan):
+        emb = method_embeddings(cfg, run, data, fold)
+        train_labels = data.labels[fold.train].numpy()
+        test_labels = data.labels[fold.test].numpy()
+        pairs = None
+        if cfg.data.pairs:
+            pairs = _fold_pairs(read_pairs(cfg.data.pairs, data), fold)
+        for method, (tr, te) in emb.items():
+            per_fold.setdefault(method, []).append(
+                score(tr, train_labels, te, test_labels, seed=cfg.data.seed, pairs=pairs)
+            )
+        tests.append({"embeddings": {m: te for m, (_, te) in emb.items()}, "labels": test_labels})
+        if progress:
+            print(f"evaluated {fold.name} ({i + 1}/{len(plan)})", flush=True)
+    summary = {m: _mean_std(rows) for m, rows in per_fold.items()}
+    write_json(run / "metrics.json", summary)
+    report.faces_report(run, cfg, data, plan, summary, per_fold, tests)
+    return summary
+
+
+def _fold_pairs(
+    pairs: tuple[np.ndarray, np.ndarray], fold: Fold
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pairs whose two images are both in the fold's test set, re-indexed into it."""
+    where = {int(g): i for i, g in enumerate(fold.test)}
+    keep = [k for k, (a, b) in enumerate(pairs[0]) if int(a) in where and int(b) in where]
+    if not keep:
+        return None
+    idx = np.array([[where[int(a)], where[int(b)]] for a, b in pairs[0][keep]])
+    return idx, pairs[1][keep]
+
+
+def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = rows[0].keys()
+    return {
+        k: {
+            "mean": float(np.mean([r[k] for r in rows])),
+            "std": float(np.std([r[k] for r in rows])) if len(rows) > 1 else 0.0,
+        }
+        for k in keys
+        if all(math.isfinite(r[k]) for r in rows)
+    }

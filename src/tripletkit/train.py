@@ -1,0 +1,224 @@
+"""The training loop, domain-free: a model, a batch source and a triplet loss.
+
+Per step: a P x K batch from the source, embeddings, the curriculum's offset (and margin), the
+loss, an optimiser step and a learning-rate schedule step; a JSONL log line with the loss and
+the mining statistics; a progress bar. Per epoch: an atomic checkpoint (model, optimiser,
+scheduler, sampler and RNG state), so ``resume=True`` continues an interrupted run to the same
+weights as an uninterrupted one (on CPU). A warning when the embedding collapses (the mean
+negative distance falls below a tenth of its first value, as FaceNet warns hard negatives can
+cause).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ._io import atomic_write, write_text
+from .config import TrainConfig
+from .curriculum import Curriculum
+from .losses import TripletLoss
+from .sampling import PKSampler
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant", "step")
+
+
+class BatchSource(Protocol):
+    """What the loop needs from a task: a sampler over the training set, and batches."""
+
+    sampler: PKSampler
+
+    def batch(self, indices: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Inputs and labels of the examples at ``indices``; ``gen`` drives augmentation."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Steps run, where the log is, and whether the embedding collapsed at some point."""
+
+    steps: int
+    log: Path
+    collapsed: bool
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: TripletLoss,
+    source: BatchSource,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    curriculum: Callable[[int], Curriculum | None] | None = None,
+    resume: bool = False,
+    stop_after_epoch: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place.
+
+    Args:
+        model: maps a batch of inputs to (B, d) embeddings.
+        loss_fn: the triplet loss; its offset and margin follow the curriculum.
+        source: sampler and batches.
+        cfg: optimiser, schedule, epochs, seed.
+        out_dir: where ``checkpoint.pt`` and ``train_log.jsonl`` go.
+        curriculum: builds the curriculum from the total number of steps (None: fixed options).
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        stop_after_epoch: stop after this epoch (0-based), as if interrupted; for tests.
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    steps_per_epoch = len(source.sampler)
+    total = cfg.epochs * steps_per_epoch
+    if total == 0:
+        raise ValueError("no training batches: too few identities or examples for P x K")
+    schedule = curriculum(total) if curriculum else None
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+
+    start_epoch, step, first_d_an, collapsed = 0, 0, math.nan, False
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        source.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        first_d_an, collapsed = state["first_d_an"], state["collapsed"]
+        _truncate_log(log_path, step)
+    elif log_path.exists():
+        log_path.unlink()
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False)
+    with log_path.open("a") as log:
+        for epoch in range(start_epoch, cfg.epochs):
+            source.sampler.set_epoch(epoch)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            for batch in source.sampler:
+                values = schedule.apply(loss_fn, step) if schedule else {}
+                inputs, labels = source.batch(batch, gen)
+                loss, stats = loss_fn(model(inputs), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                value = loss.item()
+                if math.isnan(first_d_an) and not math.isnan(stats.mean_d_an):
+                    first_d_an = stats.mean_d_an
+                if not collapsed and stats.mean_d_an < 0.1 * first_d_an:
+                    collapsed = True
+                    warnings.warn(
+                        f"step {step}: the embedding is collapsing (mean negative distance "
+                        f"{stats.mean_d_an:.4f}, was {first_d_an:.4f}); try easier mining "
+                        "(semi-hard, a curriculum) or a lower learning rate",
+                        stacklevel=2,
+                    )
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": value,
+                    "lr": scheduler.get_last_lr()[0],
+                    "offset": loss_fn.offset,
+                    "margin": loss_fn.margin,
+                    **stats.as_dict(),
+                    "collapsed": collapsed,
+                    **{f"curriculum_{k}": v for k, v in values.items()},
+                }
+                log.write(json.dumps(record) + "\n")
+                step += 1
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{value:.4f}",
+                    active=f"{stats.active_fraction:.2f}",
+                    t=f"{loss_fn.offset:.3f}",
+                )
+            log.flush()
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "sampler": source.sampler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "step": step,
+                "first_d_an": first_d_an,
+                "collapsed": collapsed,
+            }
+            _save(checkpoint, state)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+    bar.close()
+    model.eval()
+    return TrainResult(steps=step, log=log_path, collapsed=collapsed)
+
+
+def _save(path: Path, state: dict) -> None:
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+
+    atomic_write(path, write)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD with momentum, from the config."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=True,
+        )
+    raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+
+
+def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps``, then cosine to 0, constant, or x0.1 at 50% and 75%."""
+    if cfg.schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {LR_SCHEDULES}, got {cfg.schedule!r}")
+    warm = max(0, min(cfg.warmup_steps, total - 1))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.schedule == "step":
+            return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+        return 1.0
+
+    return factor
+
+
+def _truncate_log(path: Path, steps: int) -> None:
+    """Keep the first ``steps`` log lines (those the checkpoint covers)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)[:steps]
+    write_text(path, "".join(lines))

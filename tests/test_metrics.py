@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, pairwise_distances, roc_auc_score
+
+from tripletkit import metrics
+
+
+def test_distance_matrix_matches_sklearn():
+    x = np.random.default_rng(0).normal(size=(9, 4))
+    np.testing.assert_allclose(metrics.distance_matrix(x), pairwise_distances(x), atol=1e-12)
+
+
+def test_val_at_far_and_eer_hand_computed():
+    # 4 same pairs at 1, 2, 3, 6; 4 different pairs at 4, 5, 7, 8
+    d = np.array([1, 2, 3, 6, 4, 5, 7, 8], dtype=float)
+    same = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    assert metrics.val_at_far(d, same, 0.0) == 0.75  # accept d <= 3
+    assert metrics.val_at_far(d, same, 0.5) == 1.0  # accept d <= 6 takes 2 of 4 different
+    assert metrics.val_at_far(d, same, 0.25) == 0.75
+    # the ROC passes (fpr, fnr) = (0, .25) then (.25, .25): EER 0.25
+    assert metrics.equal_error_rate(d, same) == pytest.approx(0.25)
+
+
+def test_verification_separable_and_auc_matches_sklearn():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(5), 4)
+    x = np.eye(5)[labels] * 5 + 0.1 * rng.normal(size=(20, 5))
+    dist = metrics.distance_matrix(x)
+    out = metrics.verification(dist, labels)
+    assert out["verification_accuracy"] == 1.0 and out["eer"] == 0.0
+    assert out["val_at_far_1e-3"] == 1.0
+    d, same = metrics.all_pairs(dist, labels)
+    assert out["roc_auc"] == pytest.approx(roc_auc_score(same, -d))
+
+
+def test_best_threshold_and_cv_accuracy():
+    d = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    same = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert metrics.best_threshold(d, same) == pytest.approx(0.5)
+    assert metrics.cv_accuracy(d, same, folds=3) == 1.0
+    flipped = np.array([0, 0, 0, 1, 1, 1], dtype=bool)
+    assert metrics.best_threshold(d, flipped) < 0.1  # reject everything
+
+
+def test_identification_hand_computed():
+    # points on a line; labels a a b b a
+    x = np.array([[0.0], [1.0], [2.5], [3.0], [10.0]])
+    labels = np.array([0, 0, 1, 1, 0])
+    out = metrics.identification(metrics.distance_matrix(x), labels, ks=(1, 2))
+    # nearest neighbours: 0->1 (hit), 1->0 (hit), 2->3 (hit), 3->2 (hit), 4->3 (miss)
+    assert out["rank1"] == pytest.approx(4 / 5)
+    # rank-2: 4's two nearest are 3, 2: miss
+    assert out["rank2"] == pytest.approx(4 / 5)
+    # MAP@R: R = 2, 2, 1, 1, 2. query 0: order 1(hit),2 -> (1/1)/2 = .5; query 1: 0(hit),2 -> .5
+    # query 2: 3 hit -> 1; query 3: 2 hit -> 1; query 4: 3, 2 -> 0
+    assert out["map_at_r"] == pytest.approx((0.5 + 0.5 + 1 + 1 + 0) / 5)
+
+
+def test_clustering_recovers_separated_groups_and_purity():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(4), 5)
+    x = np.eye(4)[labels] * 10 + rng.normal(size=(20, 4))
+    dist = metrics.distance_matrix(x)
+    pred = metrics.agglomerative(dist, n_clusters=4)
+    assert adjusted_rand_score(labels, pred) == 1.0
+    t = metrics.clustering_threshold(dist, labels)
+    assert metrics.clustering_scores(labels, metrics.agglomerative(dist, threshold=t))["ari"] == 1.0
+    assert metrics.purity(np.array([0, 0, 1, 1, 1]), np.array([5, 5, 5, 6, 6])) == pytest.approx(
+        4 / 5
+    )
+    with pytest.raises(ValueError, match="exactly one"):
+        metrics.agglomerative(dist)
+
+
+def test_balanced_pairs():
+    labels = np.repeat(np.arange(3), 3)
+    pairs = metrics.balanced_pairs(labels, seed=0)
+    same = labels[pairs[:, 0]] == labels[pairs[:, 1]]
+    assert same.sum() == 9 and (~same).sum() == 9 and (pairs[:, 0] < pairs[:, 1]).all()

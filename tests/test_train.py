@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from faces_fixtures import TINY, make_faces
+
+from tripletkit.config import load_config
+from tripletkit.data.images import load_identities
+from tripletkit.tasks.faces import train_model
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    data = load_identities(make_faces(tmp_path / "faces"), (20, 16))
+    return load_config(None, TINY + ["train.epochs=3"]), data
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, tiny):
+    cfg, data = tiny
+    straight = train_model(cfg, data, tmp_path / "a", progress=False)
+    train_model(cfg, data, tmp_path / "b", progress=False, stop_after_epoch=0)
+    resumed = train_model(cfg, data, tmp_path / "b", progress=False, resume=True)
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    assert len(log_a) == len(log_b) and json.loads(log_a[-1]) == json.loads(log_b[-1])
+
+
+def test_log_has_the_statistics_and_no_temporary_files_remain(tmp_path, tiny):
+    cfg, data = tiny
+    train_model(cfg, data, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert {
+        "loss",
+        "lr",
+        "offset",
+        "margin",
+        "active_fraction",
+        "easy_fraction",
+        "semihard_fraction",
+        "hard_fraction",
+        "mean_d_ap",
+        "mean_d_an",
+    } <= rows[0].keys()
+    assert rows[0]["offset"] > rows[-1]["offset"]  # the default curriculum moved t
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoint.pt",
+        "model.json",
+        "model.safetensors",
+        "train_log.jsonl",
+    ]
+
+
+def test_collapse_warns(tmp_path, tiny):
+    cfg, data = tiny
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "train.epochs=6",
+            "train.lr=1.0",
+            "loss.mining=hard",
+            "loss.curriculum=none",
+            "train.augment=false",
+        ],
+    )
+    with pytest.warns(UserWarning, match="collapsing"):
+        train_model(cfg, data, tmp_path / "run", progress=False)
