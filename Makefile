@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo ablation bench clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -24,8 +24,14 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# The ORL experiment: 4 folds of 10 held-out people, baselines, runs/demo/report.md.
 demo: $(STAMP)
-	$(BIN)/tripletkit demo
+	$(BIN)/tripletkit demo --config configs/orl.yaml
+
+# The mining ablation on the same folds; its arms join runs/demo/metrics.json and report.md.
+ablation: $(STAMP)
+	$(BIN)/tripletkit demo --config configs/orl.yaml --resume \
+		--set 'ablation=[semi-hard-curriculum, semi-hard-fixed, hard, all]'
 
 # Side-by-side loss + mining benchmark against pytorch-metric-learning and sentence-transformers;
 # rewrites benchmarks/loss_cpu.md.

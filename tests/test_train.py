@@ -69,3 +69,21 @@ def test_collapse_warns(tmp_path, tiny):
     )
     with pytest.warns(UserWarning, match="collapsing"):
         train_model(cfg, data, tmp_path / "run", progress=False)
+
+
+def test_people_with_one_image_join_batches_as_negatives(tmp_path):
+    from PIL import Image
+
+    from tripletkit.tasks.faces import FaceBatches
+
+    root = make_faces(tmp_path / "faces")
+    for i in range(2):
+        (root / f"loner{i}").mkdir()
+        Image.new("L", (20, 24), 40 + 80 * i).save(root / f"loner{i}" / "a.png")
+    data = load_identities(root, (20, 16))
+    cfg = load_config(None, TINY)
+    batches = FaceBatches(data, cfg)
+    loners = {data.names.index("loner0"), data.names.index("loner1")}
+    for batch in batches.sampler:
+        labels = data.labels[batch].tolist()
+        assert len(batch) == 3 * 2 + 2 and set(labels[-2:]) == loners

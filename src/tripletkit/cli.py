@@ -21,6 +21,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append(f"data.source={args.data}")
     if getattr(args, "name", None):
         overrides.append(f"name={args.name}")
+    if getattr(args, "strict", False):
+        overrides.append("data.strict=true")
     return load_config(args.config, overrides)
 
 
@@ -108,7 +110,7 @@ def _cluster(args: argparse.Namespace) -> int:
         for c in np.unique(groups)
     }
     write_json(out / "clusters.json", listing)
-    cluster_montage(data.images.numpy(), groups, groups, out / "clusters.png")
+    cluster_montage(data.images.numpy(), groups, out / "clusters.png")
     print(
         f"{len(data)} images in {len(listing)} clusters -> {out / 'clusters.json'}, "
         f"{out / 'clusters.png'}"
@@ -164,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--resume", action="store_true", help="continue from the last checkpoint of each model"
         )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--strict",
+            action="store_true",
+            help="stop on an unreadable image instead of skipping it",
+        )
 
     train = commands.add_parser(
         "train",

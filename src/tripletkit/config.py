@@ -53,10 +53,10 @@ class ModelConfig:
     """A compact residual CNN: ``stages`` widths, ``blocks`` per stage, ``dim``-d output, and an
     "avg" (global average pooling) or "flatten" (spatial) head."""
 
-    stages: tuple[int, ...] = (32, 64, 128, 256)
+    stages: tuple[int, ...] = (16, 32, 64, 128)
     blocks: int = 1
     dim: int = 128
-    head: str = "avg"
+    head: str = "flatten"
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ class LossConfig:
     ``curriculum`` is "default" (offset from margin / 2 to 0 over the first half of training),
     "none" (constant ``offset``), or a schedule kind ("linear", "cosine", "step") moving the
     offset from ``offset_start`` to ``offset`` over ``curriculum_fraction`` of the steps.
+    With ``margin_end`` the margin also moves, linearly from ``margin`` to ``margin_end`` over
+    all of training (once every training triplet is easy the hinge has no gradient left; a
+    growing margin keeps one).
     """
 
     margin: float = 0.2
@@ -78,14 +81,15 @@ class LossConfig:
     curriculum: str = "default"
     offset_start: float = 0.1
     curriculum_fraction: float = 0.5
+    margin_end: float | None = None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation: P x K batches, optimiser, learning-rate schedule, augmentation."""
 
-    epochs: int = 120
-    p: int = 10
+    epochs: int = 300
+    p: int = 30
     k: int = 5
     optimizer: str = "adam"
     lr: float = 1e-3

@@ -152,27 +152,33 @@ def training_curves(logs: list[Path], path: Path) -> None:
 
 
 def cluster_montage(
-    images: np.ndarray, labels: np.ndarray, clusters: np.ndarray, path: Path, per_row: int = 12
+    images: np.ndarray,
+    clusters: np.ndarray,
+    path: Path,
+    people: Sequence[str] | None = None,
+    per_row: int = 12,
 ) -> None:
-    """Faces grouped by predicted cluster: one row per cluster, title = its identities."""
-    ids = [c for c in np.unique(clusters)]
-    ids.sort(key=lambda c: -(clusters == c).sum())
+    """Faces grouped by predicted cluster, one row per cluster (largest first, at most
+    ``per_row`` faces shown); with ``people`` (each image's identity) the row title names them."""
+    ids = sorted(np.unique(clusters).tolist(), key=lambda c: -int((clusters == c).sum()))
     fig, axes = plt.subplots(
-        len(ids), per_row, figsize=(per_row * 0.8, len(ids) * 1.0), squeeze=False
+        len(ids), per_row, figsize=(per_row * 0.8, len(ids) * 1.15), squeeze=False
     )
     for r, c in enumerate(ids):
         members = np.flatnonzero(clusters == c)
-        people = np.unique(labels[members])
         for col in range(per_row):
             ax = axes[r, col]
             ax.axis("off")
             if col < len(members):
                 img = images[members[col]]
                 ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray")
-        axes[r, 0].set_title(
-            f"cluster {r}: {len(members)} faces, people {people.tolist()}", fontsize=7, loc="left"
-        )
-    fig.suptitle("Test faces grouped by predicted cluster (number of people unknown)", fontsize=9)
+        title = f"cluster {r}: {len(members)} faces"
+        if people is not None:
+            names = sorted({people[int(i)] for i in members})
+            title += f" of {', '.join(names)}"
+        axes[r, 0].set_title(title, fontsize=7, loc="left", pad=2)
+    fig.suptitle("Faces grouped by predicted cluster", fontsize=9)
+    fig.subplots_adjust(hspace=0.45)
     save_figure(fig, path)
 
 
@@ -218,9 +224,8 @@ def faces_report(
     )
     training_curves([run / f.name / "train_log.jsonl" for f in plan], run / "training.png")
     clusters = metrics.agglomerative(dist, threshold=thresholds["cluster_threshold"])
-    cluster_montage(
-        data.images[plan[0].test].numpy(), first["labels"], clusters, run / "clusters.png"
-    )
+    names = [data.names[i] for i in first["labels"]]
+    cluster_montage(data.images[plan[0].test].numpy(), clusters, run / "clusters.png", names)
 
     main = summary["tripletkit"]
     target_lines = []

@@ -20,9 +20,9 @@ def face_cropper(margin: float = 0.15) -> Callable[[Image.Image], Image.Image | 
     try:
         import cv2
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ValueError("--detect needs OpenCV: pip install opencv-python-headless") from err
+        raise ValueError("--detect needs OpenCV: pip install 'opencv-python-headless<5'") from err
     cascade_file = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
-    cascade = cv2.CascadeClassifier(cascade_file)  # type: ignore[attr-defined]
+    cascade = cv2.CascadeClassifier(cascade_file)
     if cascade.empty():  # pragma: no cover
         raise ValueError("OpenCV's frontal face cascade could not be loaded")
 
@@ -34,7 +34,7 @@ def face_cropper(margin: float = 0.15) -> Callable[[Image.Image], Image.Image | 
         )
         if len(faces) == 0:
             return None
-        x, y, w, h = max(faces.tolist(), key=lambda f: f[2] * f[3])
+        x, y, w, h = (int(v) for v in max(faces, key=lambda f: int(f[2]) * int(f[3])))
         dx, dy = int(w * margin), int(h * margin)
         box = (
             max(0, x - dx),

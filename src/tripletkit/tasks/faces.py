@@ -42,8 +42,8 @@ from ..train import fit
 
 # Ablation arms: loss options layered over the run's config.
 ARMS: dict[str, dict[str, object]] = {
-    "semi-hard+curriculum": {"mining": "semi-hard", "curriculum": "default"},
-    "semi-hard fixed": {"mining": "semi-hard", "curriculum": "none", "offset": 0.0},
+    "semi-hard-curriculum": {"mining": "semi-hard", "curriculum": "default", "offset": 0.0},
+    "semi-hard-fixed": {"mining": "semi-hard", "curriculum": "none", "offset": 0.0},
     "hard": {"mining": "hard", "curriculum": "none", "offset": 0.0},
     "all": {"mining": "all", "curriculum": "none", "offset": 0.0},
 }
@@ -101,7 +101,17 @@ class FaceBatches:
     def __init__(self, data: ImageSet, cfg: Config) -> None:
         self.data = data
         self.augment = cfg.train.augment
-        self.sampler = PKSampler(data.labels, cfg.train.p, cfg.train.k, seed=cfg.train.seed)
+        # People with a single image cannot be anchors; up to P of them join each batch as
+        # pure negatives.
+        counts = torch.bincount(data.labels)
+        singles = int((counts == 1).sum())
+        self.sampler = PKSampler(
+            data.labels,
+            cfg.train.p,
+            cfg.train.k,
+            seed=cfg.train.seed,
+            singletons=min(singles, cfg.train.p),
+        )
 
     def batch(self, indices: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
         images = self.data.images[indices]
@@ -131,12 +141,19 @@ def curriculum_factory(cfg: Config) -> Callable[[int], Curriculum | None]:
     loss = cfg.loss
 
     def make(total: int) -> Curriculum | None:
+        margin = None
+        if loss.margin_end is not None:
+            margin = Schedule("linear", loss.margin, loss.margin_end, max(1, total))
         if loss.curriculum == "none":
+            offset = Schedule("constant", loss.offset)
+        elif loss.curriculum == "default":
+            offset = default_curriculum(total, loss.margin).offset
+        else:
+            steps = max(1, int(total * loss.curriculum_fraction))
+            offset = Schedule(loss.curriculum, loss.offset_start, loss.offset, steps)
+        if margin is None and loss.curriculum == "none":
             return None
-        if loss.curriculum == "default":
-            return default_curriculum(total, loss.margin)
-        steps = max(1, int(total * loss.curriculum_fraction))
-        return Curriculum(Schedule(loss.curriculum, loss.offset_start, loss.offset, steps))
+        return Curriculum(offset, margin)
 
     if loss.curriculum not in ("none", "default", "linear", "cosine", "step"):
         raise ValueError(
@@ -233,6 +250,11 @@ def arm_config(cfg: Config, arm: str) -> Config:
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **ARMS[arm]))  # type: ignore[arg-type]
 
 
+def arm_folder(cfg: Config, run: Path, arm: str) -> Path:
+    """Where arm ``arm``'s models live: the main models when the arm is the run's own config."""
+    return run if arm_config(cfg, arm) == cfg else run / "ablation" / arm
+
+
 def train(
     cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> list[Path]:
@@ -240,15 +262,15 @@ def train(
     run = Path(run_dir)
     data = load_faces(cfg.data)
     write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    jobs = {run: cfg}
+    for arm in cfg.ablation:
+        jobs.setdefault(arm_folder(cfg, run, arm), arm_config(cfg, arm))
     done = []
-    jobs = [(cfg, run)] + [(arm_config(cfg, a), run / "ablation" / a) for a in cfg.ablation]
-    for job_cfg, base in jobs:
+    for base, job_cfg in jobs.items():
         for fold in folds(cfg.data, data):
             out = base / fold.name
-            if resume and (out / "model.safetensors").exists():
-                done.append(out)
-                continue
-            train_model(job_cfg, data.subset(fold.train), out, resume=resume, progress=progress)
+            if not (resume and (out / "model.safetensors").exists()):
+                train_model(job_cfg, data.subset(fold.train), out, resume=resume, progress=progress)
             done.append(out)
     return done
 
@@ -262,7 +284,7 @@ def method_embeddings(
     model, _, _ = load_model(run / fold.name)
     out["tripletkit"] = (embed(model, train_set.images), embed(model, test_set.images))
     for arm in cfg.ablation:
-        arm_model, _, _ = load_model(run / "ablation" / arm / fold.name)
+        arm_model, _, _ = load_model(arm_folder(cfg, run, arm) / fold.name)
         out[arm] = (embed(arm_model, train_set.images), embed(arm_model, test_set.images))
     untrained = build_model(cfg)
     out["untrained"] = (embed(untrained, train_set.images), embed(untrained, test_set.images))
