@@ -6,13 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._io import atomic_write, write_json
 from .config import Config, load_config
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .data.images import ImageSet
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -53,7 +60,7 @@ def _demo(args: argparse.Namespace) -> int:
     return _evaluate(args)
 
 
-def _crop(detect: bool):  # noqa: ANN202
+def _crop(detect: bool) -> Callable[[Image.Image], Image.Image | None] | None:
     if not detect:
         return None
     from .data.detect import face_cropper
@@ -61,18 +68,23 @@ def _crop(detect: bool):  # noqa: ANN202
     return face_cropper()
 
 
-def _embed(args: argparse.Namespace) -> int:
+def _photos(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, float], ImageSet]:
+    """The model of ``--model`` and every image under ``args.folder``, sized for it."""
     from .data.images import load_unlabelled
     from .tasks import faces
 
-    model, cfg, _ = faces.load_model(args.model)
+    model, cfg, meta = faces.load_model(args.model)
+    size = (cfg.data.height, cfg.data.width)
     data = load_unlabelled(
-        args.folder,
-        (cfg.data.height, cfg.data.width),
-        cfg.data.channels,
-        strict=args.strict,
-        crop=_crop(args.detect),
+        args.folder, size, cfg.data.channels, strict=args.strict, crop=_crop(args.detect)
     )
+    return model, meta, data
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .tasks import faces
+
+    model, _, data = _photos(args)
     emb = faces.embed(model, data.images)
     out = Path(args.out)
 
@@ -87,18 +99,10 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     from . import metrics
-    from .data.images import load_unlabelled
     from .report import cluster_montage
     from .tasks import faces
 
-    model, cfg, meta = faces.load_model(args.model)
-    data = load_unlabelled(
-        args.folder,
-        (cfg.data.height, cfg.data.width),
-        cfg.data.channels,
-        strict=args.strict,
-        crop=_crop(args.detect),
-    )
+    model, meta, data = _photos(args)
     dist = metrics.distance_matrix(faces.embed(model, data.images))
     if args.clusters:
         groups = metrics.agglomerative(dist, n_clusters=args.clusters)

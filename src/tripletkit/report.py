@@ -7,16 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.manifold import TSNE
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from . import metrics  # noqa: E402
-from ._io import atomic_write, write_text  # noqa: E402
+from . import metrics
+from ._io import atomic_write, write_text
 
 FACE_METRICS = [
     ("verification_accuracy", "verif. acc."),
@@ -40,10 +37,17 @@ FACE_TARGETS = {
 }
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Write a figure atomically and close it."""
+def subplots(
+    rows: int, cols: int, figsize: tuple[float, float], **kwargs: Any
+) -> tuple[Figure, Any]:
+    """A figure and its axes, without pyplot's global state."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write a figure atomically as PNG."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def metrics_table(
@@ -69,7 +73,7 @@ def metrics_table(
 def roc_figure(folds: list[dict[str, Any]], methods: Sequence[str], path: Path) -> None:
     """Mean ROC over folds (vertical averaging), false accept rate on a log axis."""
     grid = np.logspace(-4, 0, 200)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = subplots(1, 1, figsize=(6, 4.5))
     for m in methods:
         curves = []
         for fold in folds:
@@ -94,7 +98,7 @@ def distance_histogram(
 ) -> None:
     """Same-person vs different-person distances, with the decision threshold."""
     d, same = metrics.all_pairs(dist, labels)
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = subplots(1, 1, figsize=(6, 3.8))
     bins = np.linspace(0, max(d.max(), threshold) * 1.02, 60).tolist()
     ax.hist(d[~same], bins=bins, alpha=0.6, density=True, label=f"different ({(~same).sum()})")
     ax.hist(d[same], bins=bins, alpha=0.6, density=True, label=f"same ({same.sum()})")
@@ -108,7 +112,7 @@ def distance_histogram(
 
 def embedding_map(embeddings: dict[str, np.ndarray], labels: np.ndarray, path: Path) -> None:
     """t-SNE maps side by side, coloured by identity."""
-    fig, axes = plt.subplots(1, len(embeddings), figsize=(4.2 * len(embeddings), 4))
+    fig, axes = subplots(1, len(embeddings), figsize=(4.2 * len(embeddings), 4))
     axes = np.atleast_1d(axes)
     for ax, (name, emb) in zip(axes, embeddings.items(), strict=True):
         xy = TSNE(
@@ -124,7 +128,7 @@ def embedding_map(embeddings: dict[str, np.ndarray], labels: np.ndarray, path: P
 
 def training_curves(logs: list[Path], path: Path) -> None:
     """Loss, triplet-type fractions and the curriculum offset per step, one line per fold."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = subplots(1, 3, figsize=(14, 3.6))
     for i, log in enumerate(logs):
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         if not rows:
@@ -161,9 +165,7 @@ def cluster_montage(
     """Faces grouped by predicted cluster, one row per cluster (largest first, at most
     ``per_row`` faces shown); with ``people`` (each image's identity) the row title names them."""
     ids = sorted(np.unique(clusters).tolist(), key=lambda c: -int((clusters == c).sum()))
-    fig, axes = plt.subplots(
-        len(ids), per_row, figsize=(per_row * 0.8, len(ids) * 1.15), squeeze=False
-    )
+    fig, axes = subplots(len(ids), per_row, figsize=(per_row * 0.8, len(ids) * 1.15), squeeze=False)
     for r, c in enumerate(ids):
         members = np.flatnonzero(clusters == c)
         for col in range(per_row):

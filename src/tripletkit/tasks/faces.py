@@ -293,9 +293,12 @@ def method_embeddings(
     out["pixels"] = (pix_train, pix_test)
     pca = PCA(n_components=min(100, len(pix_train) - 1), whiten=True, random_state=0)
     eig_train, eig_test = pca.fit_transform(pix_train), pca.transform(pix_test)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    out["eigenfaces"] = (unit(eig_train), unit(eig_test))
+    out["eigenfaces"] = (_unit(eig_train), _unit(eig_test))
     return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def score(
