@@ -12,7 +12,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     faces = make_faces(root / "faces")
     args = ["train", "--data", str(faces), "--name", "t", "--runs", str(root / "runs"), "--quiet"]
-    for item in TINY + ["ablation=[hard]"]:
+    for item in TINY + ["ablation=[hard, semi-hard-curriculum]"]:
         args += ["--set", item]
     assert main(args) == 0
     return root, faces
@@ -24,6 +24,8 @@ def test_train_writes_a_model_per_fold_and_arm(trained):
     for fold in ("fold0", "fold1"):
         assert (run / fold / "model.safetensors").exists()
         assert (run / "ablation" / "hard" / fold / "model.json").exists()
+    # the semi-hard + curriculum arm is the main config: its models are the main ones
+    assert not (run / "ablation" / "semi-hard-curriculum").exists()
 
 
 def test_evaluate_writes_metrics_report_and_figures(trained, capsys):
@@ -31,7 +33,15 @@ def test_evaluate_writes_metrics_report_and_figures(trained, capsys):
     run = root / "runs" / "t"
     assert main(["evaluate", str(run), "--quiet"]) == 0
     summary = json.loads((run / "metrics.json").read_text())
-    assert set(summary) == {"tripletkit", "hard", "eigenfaces", "pixels", "untrained"}
+    assert set(summary) == {
+        "tripletkit",
+        "hard",
+        "semi-hard-curriculum",
+        "eigenfaces",
+        "pixels",
+        "untrained",
+    }
+    assert summary["semi-hard-curriculum"] == summary["tripletkit"]
     for key in (
         "verification_accuracy",
         "val_at_far_1e-3",

@@ -77,3 +77,9 @@ def test_balanced_pairs():
     pairs = metrics.balanced_pairs(labels, seed=0)
     same = labels[pairs[:, 0]] == labels[pairs[:, 1]]
     assert same.sum() == 9 and (~same).sum() == 9 and (pairs[:, 0] < pairs[:, 1]).all()
+
+
+def test_identification_skips_people_with_one_image():
+    x = np.array([[0.0], [1.0], [5.0]])
+    out = metrics.identification(metrics.distance_matrix(x), np.array([0, 0, 1]), ks=(1,))
+    assert out["rank1"] == 1.0 and out["map_at_r"] == 1.0

@@ -87,8 +87,12 @@ def _by_grid(values: Tensor, thresholds: Tensor, ws: Workspace) -> Tensor:
     cells = _CELLS_PER_THRESHOLD * width
     scale = torch.where(spread > 0, cells / torch.where(spread > 0, spread, 1.0), 1.0)
 
+    # cell(v) = clamp(v * scale + 1 - lo * scale, 0, cells + 1), truncated: monotone in v, and
+    # truncation is floor once clamped to >= 0. Thresholds and values go through the same ops.
+    offset = 1.0 - lo * scale
+
     def cell(v: Tensor, out: Tensor, index: Tensor) -> Tensor:
-        torch.sub(v, lo, out=out).mul_(scale).floor_().add_(1.0).clamp_(0, cells + 1)
+        torch.addcmul(offset, v, scale, out=out).clamp_(0, cells + 1)
         return index.copy_(out)
 
     thr_cell = cell(

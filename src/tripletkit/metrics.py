@@ -120,7 +120,8 @@ def verification(
 def identification(
     dist: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)
 ) -> dict[str, float]:
-    """Leave-one-out nearest-neighbour rank-k accuracy and MAP@R.
+    """Leave-one-out nearest-neighbour rank-k accuracy and MAP@R, over the queries whose person
+    has another image.
 
     MAP@R (Musgrave et al. 2020): for a query with R other examples of its identity, the mean
     over i = 1..R of precision@i at the ranks i that hold a match.
@@ -129,8 +130,12 @@ def identification(
     np.fill_diagonal(d, np.inf)
     order = np.argsort(d, axis=1, kind="stable")
     match = labels[order] == labels[:, None]
-    out = {f"rank{k}": float(match[:, :k].any(1).mean()) for k in ks}
     r = (labels[:, None] == labels[None, :]).sum(1) - 1
+    answerable = r > 0  # a person with one image cannot be found by the others
+    out = {
+        f"rank{k}": float(match[answerable, :k].any(1).mean()) if answerable.any() else 0.0
+        for k in ks
+    }
     aps = []
     for row, count in zip(match, r, strict=True):
         if count == 0:
