@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo ablation bench clean
+.PHONY: install test lint demo ablation docs-orl bench clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -32,6 +32,11 @@ demo: $(STAMP)
 ablation: $(STAMP)
 	$(BIN)/tripletkit demo --config configs/orl.yaml --resume \
 		--set 'ablation=[semi-hard-curriculum, semi-hard-fixed, hard, all]'
+
+# Publish the demo run (report, metrics, figures) as docs/orl/.
+docs-orl:
+	mkdir -p docs/orl
+	cp runs/demo/report.md runs/demo/metrics.json runs/demo/*.png docs/orl/
 
 # Side-by-side loss + mining benchmark against pytorch-metric-learning and sentence-transformers;
 # rewrites benchmarks/loss_cpu.md.
