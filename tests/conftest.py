@@ -36,3 +36,14 @@ def bucketing(request, monkeypatch):
         bucketing, "COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0
     )
     return request.param
+
+
+@pytest.fixture(params=["sparse", "dense"])
+def gradient_path(request, monkeypatch):
+    """Run a test with the loss gradient through pair gathers, then through the dense product."""
+    import tripletkit.distances as distances
+
+    monkeypatch.setattr(
+        distances, "SPARSE_PAIRS_DIVISOR", 0 if request.param == "sparse" else 10**9
+    )
+    return request.param

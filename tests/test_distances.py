@@ -59,7 +59,9 @@ def test_gradients_finite_for_coincident_points(distance):
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("dense_part", [False, True])
 @pytest.mark.parametrize("n_pairs", [3, 60])
-def test_surrogate_gradient_is_weighted_distance_gradient(distance, dense_part, n_pairs):
+def test_surrogate_gradient_is_weighted_distance_gradient(
+    distance, dense_part, n_pairs, gradient_path
+):
     gen = torch.Generator().manual_seed(n_pairs)
     n = 8
     x = torch.randn(n, 3, generator=gen, dtype=torch.float64)

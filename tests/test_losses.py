@@ -38,7 +38,7 @@ def assert_matches_oracle(x, labels, **options):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_loss_matches_loop_oracle(layout, dtype, bucketing):
+def test_loss_matches_loop_oracle(layout, dtype, bucketing, gradient_path):
     for seed in range(6):
         gen = torch.Generator().manual_seed(seed)
         labels = random_labels(layout, int(torch.randint(2, 24, (1,), generator=gen)), gen)
@@ -58,7 +58,7 @@ def test_loss_matches_loop_oracle(layout, dtype, bucketing):
             )
 
 
-def test_larger_batches_match_oracle():
+def test_larger_batches_match_oracle(gradient_path):
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(12).repeat_interleave(6)
     x = torch.nn.functional.normalize(torch.randn(72, 16, generator=gen, dtype=torch.float64))
@@ -135,7 +135,7 @@ def test_batch_without_valid_triplet_gives_zero_not_nan(labels, mining, reductio
 @pytest.mark.parametrize("distance", ["squared", "euclidean", "cosine"])
 @pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
 @pytest.mark.parametrize("soft", [False, True])
-def test_finite_gradients_with_duplicate_embeddings(distance, mining, soft):
+def test_finite_gradients_with_duplicate_embeddings(distance, mining, soft, gradient_path):
     base = torch.randn(3, 4)
     x = base.repeat_interleave(3, 0).requires_grad_()  # every point three times
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 0])
