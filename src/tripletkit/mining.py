@@ -220,7 +220,9 @@ def scan(
     if all_hinge:
         out.hinge_count = torch.zeros(n, slots, dtype=distances.dtype, device=device)
         out.hinge_sum = torch.zeros(n, slots, dtype=distances.dtype, device=device)
-        out.neg_weight = torch.zeros(n, n, dtype=distances.dtype, device=device)
+        # every row is written by its chunk, unless no example has a positive at all
+        alloc = torch.empty if slots else torch.zeros
+        out.neg_weight = alloc(n, n, dtype=distances.dtype, device=device)
     if semi:
         out.chosen = torch.full((n, slots), -1, dtype=torch.long, device=device)
     if semi and fallback == "easiest":
