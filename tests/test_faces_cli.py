@@ -117,3 +117,32 @@ def test_help_of_each_command(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert len(capsys.readouterr().out) > 200
+
+
+def test_detect_flag_crops_faces_before_embedding(trained, tmp_path):
+    from test_detect import photo
+
+    root, _ = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for person in (1, 2, 3):
+        photo(person).save(photos / f"p{person}.png")
+    model = str(root / "runs" / "t" / "fold0")
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(photos), "--model", model, "--detect", "--out", str(out)]) == 0
+    assert np.load(out)["embeddings"].shape == (3, 8)
+
+
+def test_pairs_file_drives_the_verification_accuracy():
+    from tripletkit import metrics
+    from tripletkit.tasks.faces import Fold, _fold_pairs
+
+    pairs = (np.array([[0, 1], [2, 3], [0, 5], [1, 4]]), np.array([True, True, False, False]))
+    fold = Fold("fold0", train=np.array([4, 5]), test=np.array([0, 1, 2, 3]))
+    index, same = _fold_pairs(pairs, fold)  # pairs touching training images are dropped
+    assert index.tolist() == [[0, 1], [2, 3]] and same.tolist() == [True, True]
+    x = np.array([[0.0], [0.1], [5.0], [5.1], [9.0]])
+    labels = np.array([0, 0, 1, 1, 2])
+    dist = metrics.distance_matrix(x)
+    chosen = (np.array([[0, 1], [0, 2], [2, 3], [3, 4]]), np.array([True, False, True, False]))
+    assert metrics.verification(dist, labels, pairs=chosen)["verification_accuracy"] == 1.0

@@ -64,9 +64,11 @@ def best_threshold(d: np.ndarray, same: np.ndarray) -> float:
 def cv_accuracy(d: np.ndarray, same: np.ndarray, folds: int = 10, seed: int = 0) -> float:
     """LFW protocol: split pairs into folds; for each, pick the threshold on the others and score
     accuracy on it; return the mean accuracy."""
+    if len(d) < 2:
+        raise ValueError(f"cross-validated accuracy needs at least 2 pairs, got {len(d)}")
     order = np.random.default_rng(seed).permutation(len(d))
     scores = []
-    for part in np.array_split(order, folds):
+    for part in np.array_split(order, min(folds, len(d))):
         rest = np.setdiff1d(order, part)
         t = best_threshold(d[rest], same[rest])
         scores.append(np.mean((d[part] <= t) == same[part]))
