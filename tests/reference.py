@@ -30,16 +30,21 @@ def loop_distances(x: torch.Tensor, distance: str) -> torch.Tensor:
     return out
 
 
-def _members(labels: list[int], a: int) -> tuple[list[int], list[int]]:
+def _members(labels, a: int) -> tuple[list[int], list[int]]:
+    """Positives and negatives of row a: from labels (a list) or a (Q, D) relevance array."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 2:
+        row = labels[a]
+        return [j for j in range(len(row)) if row[j]], [j for j in range(len(row)) if not row[j]]
     pos = [p for p in range(len(labels)) if p != a and labels[p] == labels[a]]
     neg = [n for n in range(len(labels)) if labels[n] != labels[a]]
     return pos, neg
 
 
 def loop_mine(
-    dist: np.ndarray, labels: list[int], strategy: str, offset: float = 0.0, fallback: str = "skip"
+    dist: np.ndarray, labels, strategy: str, offset: float = 0.0, fallback: str = "skip"
 ) -> tuple[list[tuple[int, int, int]], int]:
-    """Triplets (sorted by anchor, positive) and the number of dropped pairs."""
+    """Triplets (sorted by anchor, positive) and the number of dropped pairs. ``labels`` is a
+    list of labels, or a (Q, D) bool array of relevance for query x document distances."""
     t = dist.dtype.type(offset)
     out: list[tuple[int, int, int]] = []
     dropped = 0
@@ -69,8 +74,9 @@ def loop_mine(
 
 def loop_loss(
     embeddings: torch.Tensor,
-    labels: list[int],
+    labels,
     *,
+    documents: torch.Tensor | None = None,
     margin: float = 0.2,
     mining: str = "semi-hard",
     offset: float = 0.0,
@@ -79,8 +85,9 @@ def loop_loss(
     soft: bool = False,
     reduction: str = "mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss through autograd on the full distance matrix, and the statistics, by loops."""
-    dist = pairwise_distances(embeddings, distance=distance)
+    """The loss through autograd on the full distance matrix, and the statistics, by loops.
+    With ``documents``, ``labels`` is the (Q, D) relevance array of queries ``embeddings``."""
+    dist = pairwise_distances(embeddings, documents, distance=distance)
     d = dist.detach().numpy()
     m = d.dtype.type(margin)
     triplets, dropped = loop_mine(d, labels, mining, offset, fallback)
@@ -93,9 +100,10 @@ def loop_loss(
         elif d[a, n] < d[a, p] + m:
             terms.append((dist[a, p] + m) - dist[a, n])
             active += 1
-    total = torch.stack(terms).sum() if terms else embeddings.sum() * 0.0
+    zero = embeddings.sum() * 0.0 + (0.0 if documents is None else documents.sum() * 0.0)
+    total = torch.stack(terms).sum() if terms else zero
     divisor = {"mean": len(triplets), "mean_active": active, "sum": 1}[reduction]
-    loss = total / divisor if divisor else embeddings.sum() * 0.0
+    loss = total / divisor if divisor else zero
 
     valid, easy, hard = 0, 0, 0
     ap, an = [], []

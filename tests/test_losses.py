@@ -6,7 +6,7 @@ import torch
 
 from conftest import LAYOUTS, random_labels
 from reference import loop_loss
-from tripletkit import TripletLoss, triplet_loss
+from tripletkit import TripletLoss, relevance_triplet_loss, triplet_loss
 
 OPTIONS = [
     dict(mining=mining, soft=soft, reduction=reduction)
@@ -202,3 +202,107 @@ def test_bad_input_is_a_clear_error(embeddings, labels, options, message):
 def test_module_checks_options_at_construction():
     with pytest.raises(ValueError, match="mining"):
         TripletLoss(mining="semihard")
+
+
+def random_relevance(gen, n_queries, n_docs):
+    """Each query gets 1-3 relevant documents; documents are shared between queries, as when a
+    document answers several queries."""
+    relevant = torch.zeros(n_queries, n_docs, dtype=torch.bool)
+    for q in range(n_queries):
+        k = int(torch.randint(1, 4, (1,), generator=gen))
+        relevant[q, torch.randperm(n_docs, generator=gen)[:k]] = True
+    if n_queries > 2:
+        relevant[2] = False  # a query with no document in the batch
+    return relevant
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relevance_loss_matches_loop_oracle(dtype, bucketing, gradient_path):
+    for seed in range(8):
+        gen = torch.Generator().manual_seed(seed)
+        n_q, n_d = (
+            int(torch.randint(1, 12, (1,), generator=gen)),
+            int(torch.randint(2, 20, (1,), generator=gen)),
+        )
+        queries = torch.randn(n_q, 5, generator=gen, dtype=dtype)
+        docs = torch.randn(n_d, 5, generator=gen, dtype=dtype)
+        relevant = random_relevance(gen, n_q, n_d)
+        distance = ("squared", "euclidean", "cosine")[seed % 3]
+        offset = [0.0, 0.25, -0.3, 1.0][seed % 4]
+        for options in OPTIONS:
+            q1, d1 = queries.clone().requires_grad_(), docs.clone().requires_grad_()
+            loss, stats = relevance_triplet_loss(
+                q1, d1, relevant, distance=distance, offset=offset, fallback="hardest", **options
+            )
+            loss.backward()
+            q2, d2 = queries.clone().requires_grad_(), docs.clone().requires_grad_()
+            ref, ref_stats = loop_loss(
+                q2,
+                relevant.numpy(),
+                documents=d2,
+                distance=distance,
+                offset=offset,
+                fallback="hardest",
+                **options,
+            )
+            ref.backward()
+            tol = 1e-5 if dtype == torch.float32 else 1e-10
+            grad_tol = 1e-4 if dtype == torch.float32 else 1e-7
+            torch.testing.assert_close(loss.detach(), ref.detach(), rtol=tol, atol=tol)
+            torch.testing.assert_close(q1.grad, q2.grad, rtol=grad_tol, atol=grad_tol)
+            torch.testing.assert_close(d1.grad, d2.grad, rtol=grad_tol, atol=grad_tol)
+            for key, value in ref_stats.items():
+                got = stats.as_dict()[key]
+                assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(
+                    value, abs=1e-6
+                ), key
+
+
+def test_a_document_relevant_to_two_queries_is_never_a_negative_of_either():
+    # doc 0 answers both queries and sits closest to both: with labels it would be the
+    # hardest negative of query 1; with relevance it is a positive of both.
+    queries = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    docs = torch.tensor([[0.5, 0.0], [0.0, 1.0], [1.0, 1.2], [3.0, 0.0]])
+    relevant = torch.tensor([[True, True, False, False], [True, False, True, False]])
+    from tripletkit import mine, pairwise_distances
+
+    triplets = mine(pairwise_distances(queries, docs), relevant=relevant, strategy="all")
+    assert all(not relevant[a, n] for a, _, n in triplets.as_list())
+    assert sorted(triplets.as_list()) == [
+        (0, 0, 2),
+        (0, 0, 3),
+        (0, 1, 2),
+        (0, 1, 3),
+        (1, 0, 1),
+        (1, 0, 3),
+        (1, 2, 1),
+        (1, 2, 3),
+    ]
+    # a second copy of a relevant document (column 4 = doc 0 again) is relevant too
+    loss, stats = relevance_triplet_loss(
+        queries,
+        torch.cat([docs, docs[:1]]),
+        torch.cat([relevant, relevant[:, :1]], 1),
+        mining="hard",
+    )
+    assert stats.valid_triplets == 3 * 2 + 3 * 2
+
+
+def test_relevance_loss_bad_input():
+    q, d = torch.zeros(2, 3), torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"relevant must be a bool tensor of shape \(2, 4\)"):
+        relevance_triplet_loss(q, d, torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="same dimension"):
+        relevance_triplet_loss(q, torch.zeros(4, 2), torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="documents must be 2-D"):
+        relevance_triplet_loss(q, torch.zeros(4), torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_module_relevance_method():
+    q, d = torch.randn(3, 4), torch.randn(5, 4)
+    relevant = torch.eye(3, 5, dtype=torch.bool)
+    module = TripletLoss(margin=0.3, mining="all")
+    assert (
+        module.relevance(q, d, relevant)[0]
+        == relevance_triplet_loss(q, d, relevant, margin=0.3, mining="all")[0]
+    )

@@ -2,8 +2,8 @@
 
 from .curriculum import SCHEDULES, Curriculum, Schedule, default_curriculum
 from .distances import DISTANCES, paired_distances, pairwise_distances
-from .losses import REDUCTIONS, TripletLoss, TripletStats, triplet_loss
-from .mining import FALLBACKS, STRATEGIES, Triplets, mine
+from .losses import REDUCTIONS, TripletLoss, TripletStats, relevance_triplet_loss, triplet_loss
+from .mining import FALLBACKS, STRATEGIES, Relevance, Triplets, mine
 from .sampling import PKSampler
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "STRATEGIES",
     "Curriculum",
     "PKSampler",
+    "Relevance",
     "Schedule",
     "TripletLoss",
     "TripletStats",
@@ -25,5 +26,6 @@ __all__ = [
     "mine",
     "paired_distances",
     "pairwise_distances",
+    "relevance_triplet_loss",
     "triplet_loss",
 ]

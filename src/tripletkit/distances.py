@@ -94,8 +94,9 @@ def distance_gradient_surrogate(
     distance: str,
     pairs: tuple[Tensor, Tensor, Tensor, Tensor],
     dense: tuple[Tensor, Tensor] | None = None,
+    y: Tensor | None = None,
 ) -> Tensor:
-    """A scalar whose gradient with respect to ``x`` is ``sum_ij W_ij * grad d(x_i, x_j)``.
+    """A scalar whose gradient is ``sum_ij W_ij * grad d(x_i, y_j)`` (y = x when None).
 
     Its value is meaningless: callers add ``s - s.detach()`` to a loss whose value they
     computed otherwise. W is given as sparse triples plus an optional dense matrix; neither may
@@ -106,8 +107,9 @@ def distance_gradient_surrogate(
         x: (B, d) embeddings, requiring grad.
         distance: "squared", "euclidean" or "cosine".
         pairs: (rows, cols, weights, values), each (N,): W[rows, cols] += weights, where values
-            are the distances d(x_rows, x_cols) (used by "euclidean" only).
-        dense: (weights, values), each (B, B), or None; the weights are modified in place.
+            are the distances d(x_rows, y_cols) (used by "euclidean" only).
+        dense: (weights, values), each (B, M), or None; the weights are modified in place.
+        y: (M, d) second embeddings (documents for queries ``x``), or None for x itself.
 
     Returns:
         A 0-d tensor.
@@ -118,18 +120,19 @@ def distance_gradient_surrogate(
         weights = _chain_sqrt(weights, values)
         dense = None if dense is None else (_chain_sqrt(*dense), dense[1])
         distance = "squared"
-    n = len(x)
-    if dense is None and weights.numel() * SPARSE_PAIRS_DIVISOR <= n * n:
+    n_rows, n_cols = len(x), len(x if y is None else y)
+    if dense is None and weights.numel() * SPARSE_PAIRS_DIVISOR <= n_rows * n_cols:
+        z, cols = (x, cols) if y is None else (torch.cat([x, y]), cols + n_rows)
         if distance == "cosine":  # on unit vectors 1 - cos = ||a - b||^2 / 2, same gradient
-            unit = torch.nn.functional.normalize(x, dim=1)
+            unit = torch.nn.functional.normalize(z, dim=1)
             return 0.5 * _WeightedPairs.apply(unit, rows, cols, weights.to(x.dtype))
-        return _WeightedPairs.apply(x, rows, cols, weights.to(x.dtype))
+        return _WeightedPairs.apply(z, rows, cols, weights.to(x.dtype))
     if dense is None:
-        matrix = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+        matrix = torch.zeros(n_rows, n_cols, dtype=x.dtype, device=x.device)
     else:
         matrix = dense[0].to(x.dtype)
     matrix.index_put_((rows, cols), weights.to(x.dtype), accumulate=True)
-    return _dense_surrogate(x, matrix, distance)
+    return _dense_surrogate(x, matrix, distance, y)
 
 
 class _WeightedPairs(torch.autograd.Function):
@@ -157,12 +160,16 @@ def _chain_sqrt(weights: Tensor, values: Tensor) -> Tensor:
     return torch.where(positive, weights / (2.0 * torch.where(positive, values, 1.0)), 0.0)
 
 
-def _dense_surrogate(x: Tensor, matrix: Tensor, distance: str) -> Tensor:
-    """sum_ij M_ij d(x_i, x_j) up to a constant, for squared L2 or cosine distance, with one
-    (B, B) x (B, d) product."""
+def _dense_surrogate(x: Tensor, matrix: Tensor, distance: str, y: Tensor | None = None) -> Tensor:
+    """sum_ij M_ij d(x_i, y_j) up to a constant, for squared L2 or cosine distance, with one
+    (B, M) x (M, d) product."""
     if distance == "cosine":
         xn = torch.nn.functional.normalize(x, dim=1)
-        return -(xn * (matrix @ xn)).sum()
-    norms = (x * x).sum(1)
-    degree = matrix.sum(1) + matrix.sum(0)
-    return (norms * degree).sum() - 2.0 * (x * (matrix @ x)).sum()
+        yn = xn if y is None else torch.nn.functional.normalize(y, dim=1)
+        return -(xn * (matrix @ yn)).sum()
+    other = x if y is None else y
+    return (
+        ((x * x).sum(1) * matrix.sum(1)).sum()
+        + ((other * other).sum(1) * matrix.sum(0)).sum()
+        - 2.0 * (x * (matrix @ other)).sum()
+    )

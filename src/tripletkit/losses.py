@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from ._bucketing import Workspace
 from .distances import check_distance, distance_gradient_surrogate, pairwise_distances
 from .mining import (
+    Groups,
+    Relevance,
     Scan,
     Triplets,
     check_mining_options,
@@ -119,33 +121,118 @@ def triplet_loss(
     """
     check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
     labels = check_batch(embeddings, labels)
-    x = embeddings if embeddings.dtype in (torch.float32, torch.float64) else embeddings.float()
+    x = _as_float(embeddings)
     with torch.no_grad():
         dist = pairwise_distances(x.detach(), distance=distance)
+        structure = label_groups(labels)
+    options = _Options(margin, mining, offset, fallback, distance, soft, reduction)
+    loss, stats = _loss(x, None, dist, structure, options)
+    return loss.to(embeddings.dtype), stats
+
+
+def relevance_triplet_loss(
+    queries: Tensor,
+    documents: Tensor,
+    relevant: Tensor,
+    *,
+    margin: float = 0.2,
+    mining: str = "semi-hard",
+    offset: float = 0.0,
+    fallback: str = "skip",
+    distance: str = "squared",
+    soft: bool = False,
+    reduction: str = "mean",
+) -> tuple[Tensor, TripletStats]:
+    """Triplet loss between queries (anchors) and documents (positives and negatives), where a
+    document may be relevant to several queries: semantic search.
+
+    A triplet (q, p, n) has relevant[q, p] and not relevant[q, n], so a document relevant to q
+    (its own positive, another query's positive that also answers q, a second copy of either)
+    is never a negative of q. Options and statistics as in :func:`triplet_loss`.
+
+    Args:
+        queries: (Q, d) query embeddings.
+        documents: (D, d) document embeddings (every positive and mined negative in the batch).
+        relevant: (Q, D) bool: relevant[q, j] when document j answers query q.
+
+    Returns:
+        The 0-d loss and a :class:`TripletStats`.
+    """
+    check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
+    check_embeddings(queries, "queries")
+    check_embeddings(documents, "documents")
+    if queries.shape[1] != documents.shape[1]:
+        raise ValueError(
+            f"queries and documents must have the same dimension, got "
+            f"{queries.shape[1]} and {documents.shape[1]}"
+        )
+    if (
+        not isinstance(relevant, Tensor)
+        or relevant.dtype != torch.bool
+        or tuple(relevant.shape) != (len(queries), len(documents))
+    ):
+        shape = tuple(relevant.shape) if isinstance(relevant, Tensor) else type(relevant).__name__
+        raise ValueError(
+            f"relevant must be a bool tensor of shape ({len(queries)}, "
+            f"{len(documents)}), got {shape}"
+        )
+    q, d = _as_float(queries), _as_float(documents)
+    with torch.no_grad():
+        dist = pairwise_distances(q.detach(), d.detach(), distance=distance)
+        structure = Relevance.from_mask(relevant.to(q.device))
+    options = _Options(margin, mining, offset, fallback, distance, soft, reduction)
+    loss, stats = _loss(q, d, dist, structure, options)
+    return loss.to(queries.dtype), stats
+
+
+@dataclass(frozen=True)
+class _Options:
+    margin: float
+    mining: str
+    offset: float
+    fallback: str
+    distance: str
+    soft: bool
+    reduction: str
+
+
+def _as_float(x: Tensor) -> Tensor:
+    """Half-precision embeddings are mined and reduced in float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _loss(
+    x: Tensor, y: Tensor | None, dist: Tensor, structure: Groups | Relevance, o: _Options
+) -> tuple[Tensor, TripletStats]:
+    """The loss over the distance matrix ``dist`` between ``x`` and ``y`` (x itself if None)."""
+    with torch.no_grad():
         found = scan(
             dist,
-            labels,
-            margin=margin,
-            strategy=mining,
-            offset=offset,
-            fallback=fallback,
-            hinge=not soft,
+            structure,
+            margin=o.margin,
+            strategy=o.mining,
+            offset=o.offset,
+            fallback=o.fallback,
+            hinge=not o.soft,
         )
-        if mining == "all":
-            terms = _soft_all_terms(dist, labels) if soft else _all_terms(dist, found, margin)
+        if o.mining == "all":
+            terms = (
+                _soft_all_terms(dist, structure) if o.soft else _all_terms(dist, found, o.margin)
+            )
         else:
-            terms = _listed_terms(dist, select(found, mining, fallback), margin, soft)
-    divisor = {"mean": terms.selected, "mean_active": terms.active, "sum": 1}[reduction]
+            terms = _listed_terms(dist, select(found, o.mining, o.fallback), o.margin, o.soft)
+    divisor = {"mean": terms.selected, "mean_active": terms.active, "sum": 1}[o.reduction]
     if terms.selected == 0 or divisor == 0:
-        loss = x.sum() * 0.0
+        loss = x.sum() * 0.0 + (0.0 if y is None else y.sum() * 0.0)
     else:
-        surrogate = distance_gradient_surrogate(x, distance, terms.pairs, terms.dense)
+        surrogate = distance_gradient_surrogate(x, o.distance, terms.pairs, terms.dense, y)
         loss = (terms.value.to(x.dtype) + surrogate - surrogate.detach()) / divisor
-    return loss.to(embeddings.dtype), _stats(found, terms)
+    return loss, _stats(found, terms)
 
 
 class TripletLoss(nn.Module):
-    """:func:`triplet_loss` with its options held; ``forward`` returns (loss, stats).
+    """:func:`triplet_loss` with its options held; ``forward`` returns (loss, stats), and
+    :meth:`relevance` the query x document variant.
 
     ``margin`` and ``offset`` are plain attributes, so a :class:`tripletkit.Curriculum` can move
     them between steps.
@@ -175,6 +262,23 @@ class TripletLoss(nn.Module):
         return triplet_loss(
             embeddings,
             labels,
+            margin=self.margin,
+            mining=self.mining,
+            offset=self.offset,
+            fallback=self.fallback,
+            distance=self.distance,
+            soft=self.soft,
+            reduction=self.reduction,
+        )
+
+    def relevance(
+        self, queries: Tensor, documents: Tensor, relevant: Tensor
+    ) -> tuple[Tensor, TripletStats]:
+        """:func:`relevance_triplet_loss` with these options."""
+        return relevance_triplet_loss(
+            queries,
+            documents,
+            relevant,
             margin=self.margin,
             mining=self.mining,
             offset=self.offset,
@@ -237,15 +341,14 @@ def _all_terms(dist: Tensor, found: Scan, margin: float) -> _Terms:
     )
 
 
-def _soft_all_terms(dist: Tensor, labels: Tensor) -> _Terms:
+def _soft_all_terms(dist: Tensor, groups: Groups | Relevance) -> _Terms:
     """Terms of the batch-all soft-margin loss: O(B^2 k) time, O(B^2) memory."""
-    groups = label_groups(labels)
-    n = len(labels)
+    n = len(dist)
     value = torch.zeros((), dtype=torch.float64, device=dist.device)
     neg_weight = torch.zeros_like(dist)
     anchors, positives, weights, d_aps = [], [], [], []
     ws = Workspace()
-    for rows in chunk_rows(n, n):
+    for rows in chunk_rows(n, dist.shape[1]):
         chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows, ws)
         pos_weight = torch.zeros_like(d_ap)
         for j in range(pos.shape[1]):
@@ -308,24 +411,27 @@ def check_loss_options(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def check_embeddings(x: Tensor, name: str) -> None:
+    """Raise ValueError naming ``name`` unless ``x`` is a finite 2-D float tensor."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
+    finite = torch.isfinite(x.detach()).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).squeeze(1)[:5].tolist()
+        raise ValueError(f"{name} contain NaN or infinite values (rows {bad} ...)")
+
+
 def check_batch(embeddings: Tensor, labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
     """Check a batch and return the labels as an int64 tensor on the embeddings' device.
 
     Raises:
         ValueError: embeddings not a finite 2-D float tensor; labels not integers of length B.
     """
-    if not isinstance(embeddings, Tensor):
-        raise ValueError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
-    if embeddings.dim() != 2:
-        raise ValueError(
-            f"embeddings must be 2-D (batch, dim), got shape {tuple(embeddings.shape)}"
-        )
-    if not embeddings.is_floating_point():
-        raise ValueError(f"embeddings must be floating point, got dtype {embeddings.dtype}")
-    finite = torch.isfinite(embeddings.detach()).all(1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).squeeze(1)[:5].tolist()
-        raise ValueError(f"embeddings contain NaN or infinite values (rows {bad} ...)")
+    check_embeddings(embeddings, "embeddings")
     if not isinstance(labels, Tensor):
         array = np.asarray(labels)
         if array.dtype.kind not in "iu":

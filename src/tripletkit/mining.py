@@ -81,6 +81,7 @@ class Groups:
     ``order[start[i] : start[i] + size[i]]`` for any member i, and i sits at ``rank[i]`` there.
     """
 
+    labels: Tensor
     order: Tensor
     start: Tensor
     size: Tensor
@@ -105,18 +106,79 @@ class Groups:
         where = (self.start[rows, None] + slots).clamp(max=len(self.order) - 1)
         return torch.where(valid, self.order[where], rows[:, None]), valid
 
+    @property
+    def slots(self) -> int:
+        """Positive slots per row."""
+        return max(self.kmax - 1, 0)
+
     def positive_slots(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Positives of each row, itself excluded: (R, kmax - 1) indices and a validity mask;
         invalid slots hold the row itself. Positives come in increasing index order."""
-        slots = torch.arange(self.kmax - 1, device=rows.device)
+        slots = torch.arange(self.slots, device=rows.device)
         valid = slots < self.positives[rows, None]
         same_slot = slots + (slots >= self.rank[rows, None]).long()
         where = (self.start[rows, None] + same_slot).clamp(max=len(self.order) - 1)
         return torch.where(valid, self.order[where], rows[:, None]), valid
 
+    def exclude(self, chunk: Tensor, rows: Tensor) -> Tensor:
+        """Set every same-label column of ``chunk`` (rows ``rows`` of D) to +inf, in place;
+        return the float64 sum of the values it replaced."""
+        same, valid = self.same(rows)
+        replaced = (chunk.gather(1, same) * valid).sum(dtype=torch.float64)
+        chunk.scatter_(1, same, float("inf"))
+        return replaced
+
+    def negative_mask(self, rows: Tensor) -> Tensor:
+        """(R, B) bool: which columns are negatives of each row."""
+        return self.labels[rows, None] != self.labels[None, :]
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """Which documents (columns) are relevant to which queries (rows), for query x document
+    distance matrices. Relevant columns are the positives of a row; every other column is a
+    negative. Built with :meth:`from_mask`.
+    """
+
+    mask: Tensor
+    order: Tensor
+    positives: Tensor
+    negatives: Tensor
+    slots: int
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> Relevance:
+        """From a (Q, D) bool matrix: mask[q, d] is True when document d is relevant to q."""
+        if mask.dim() != 2 or mask.dtype != torch.bool:
+            raise ValueError(
+                f"relevant must be a 2-D bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
+        positives = mask.sum(1)
+        slots = int(positives.max()) if mask.numel() else 0
+        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :slots]
+        return cls(mask, order, positives, mask.shape[1] - positives, slots)
+
+    def positive_slots(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Relevant columns of each row in increasing order: (R, slots) indices and validity."""
+        valid = torch.arange(self.slots, device=rows.device) < self.positives[rows, None]
+        return torch.where(valid, self.order[rows], 0), valid
+
+    def exclude(self, chunk: Tensor, rows: Tensor) -> Tensor:
+        """Set the relevant columns of ``chunk`` to +inf, in place; return the float64 sum of
+        the values it replaced."""
+        relevant = self.mask[rows]
+        replaced = torch.where(relevant, chunk, 0.0).sum(dtype=torch.float64)
+        chunk.masked_fill_(relevant, float("inf"))
+        return replaced
+
+    def negative_mask(self, rows: Tensor) -> Tensor:
+        """(R, D) bool: which columns are negatives of each row."""
+        return ~self.mask[rows]
+
 
 def label_groups(labels: Tensor) -> Groups:
-    """Group structure of (B,) integer labels."""
+    """Group structure of (B,) integer labels: positives share the label (the row itself
+    excluded), negatives do not."""
     order = torch.argsort(labels, stable=True)
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
@@ -125,7 +187,7 @@ def label_groups(labels: Tensor) -> Groups:
     rank[order] = torch.arange(len(labels), device=labels.device)
     rank = rank - start
     kmax = int(counts.max()) if len(labels) else 0
-    return Groups(order=order, start=start, size=counts[inverse], rank=rank, kmax=kmax)
+    return Groups(labels, order=order, start=start, size=counts[inverse], rank=rank, kmax=kmax)
 
 
 @dataclass
@@ -171,7 +233,7 @@ class Scan:
 
 def scan(
     distances: Tensor,
-    labels: Tensor,
+    structure: Groups | Relevance,
     *,
     margin: float,
     strategy: str,
@@ -182,8 +244,9 @@ def scan(
     """One chunked pass over ``distances`` that gathers what ``strategy`` and the statistics need.
 
     Args:
-        distances: (B, B) distances, no gradient; not modified.
-        labels: (B,) integer labels.
+        distances: (R, C) distances, no gradient; not modified.
+        structure: positives and negatives of each row: :func:`label_groups` of (B,) labels
+            for a square matrix, or a :class:`Relevance` for queries x documents.
         margin: the margin m of the statistics and of the "all" hinge sums.
         strategy: "all", "hard" or "semi-hard".
         offset: semi-hard offset t.
@@ -194,10 +257,10 @@ def scan(
         A :class:`Scan`.
     """
     check_mining_options(strategy, offset, fallback)
-    n = len(labels)
+    n, n_cols = distances.shape
     device = distances.device
-    groups = label_groups(labels)
-    slots = max(groups.kmax - 1, 0)
+    groups = structure
+    slots = groups.slots
     has_neg = groups.negatives > 0
     zero = torch.zeros((), dtype=torch.float64, device=device)
     out = Scan(
@@ -222,7 +285,7 @@ def scan(
         out.hinge_sum = torch.zeros(n, slots, dtype=distances.dtype, device=device)
         # every row is written by its chunk, unless no example has a positive at all
         alloc = torch.empty if slots else torch.zeros
-        out.neg_weight = alloc(n, n, dtype=distances.dtype, device=device)
+        out.neg_weight = alloc(n, n_cols, dtype=distances.dtype, device=device)
     if semi:
         out.chosen = torch.full((n, slots), -1, dtype=torch.long, device=device)
     if semi and fallback == "easiest":
@@ -231,14 +294,14 @@ def scan(
         return out
     blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
     ws = Workspace()
-    for rows in chunk_rows(n, max(n, blocks * slots + 2)):
+    for rows in chunk_rows(n, max(n_cols, blocks * slots + 2)):
         _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, ws)
     return out
 
 
 def _scan_chunk(
     distances: Tensor,
-    groups: Groups,
+    groups: Groups | Relevance,
     rows: slice,
     out: Scan,
     margin: float,
@@ -302,25 +365,22 @@ def _scan_chunk(
 
 
 def masked_rows(
-    distances: Tensor, groups: Groups, rows: slice, ws: Workspace
+    distances: Tensor, groups: Groups | Relevance, rows: slice, ws: Workspace
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A copy of some rows of D where only negatives stay finite, with their positives.
 
     Returns:
-        (R, B) rows with +inf at every same-label column (a buffer of ``ws``); (R, S) positive
-        indices, validity mask and distances D[a, p]; and the float64 sum of D over the rows'
-        negatives.
+        (R, C) rows with +inf at every column that is not a negative (a buffer of ``ws``);
+        (R, S) positive indices, validity mask and distances D[a, p]; and the float64 sum of D
+        over the rows' negatives.
     """
     source = distances[rows]
     chunk = ws.like("rows", source).copy_(source)
     index = torch.arange(rows.start, rows.stop, device=distances.device)
-    same, same_valid = groups.same(index)
     pos, pos_valid = groups.positive_slots(index)
     d_ap = chunk.gather(1, pos)
-    same_sum = (chunk.gather(1, same) * same_valid).sum(dtype=torch.float64)
-    neg_sum = chunk.sum(1).sum(dtype=torch.float64) - same_sum
-    chunk.scatter_(1, same, float("inf"))
-    return chunk, pos, pos_valid, d_ap, neg_sum
+    total = chunk.sum(1).sum(dtype=torch.float64)
+    return chunk, pos, pos_valid, d_ap, total - groups.exclude(chunk, index)
 
 
 def chunk_rows(n: int, width: int) -> list[slice]:
@@ -433,33 +493,37 @@ def select(result: Scan, strategy: str, fallback: str = "skip") -> Triplets:
     return Triplets(anchor, result.pos[anchor, slot], chosen[anchor, slot], dropped)
 
 
-def all_triplets(labels: Tensor) -> Triplets:
+def all_triplets(structure: Groups | Relevance) -> Triplets:
     """Every valid triplet, enumerated. Memory O(number of triplets): for inspection and small
     batches only; the loss never lists them."""
-    groups = label_groups(labels)
-    rows = torch.arange(len(labels), device=labels.device)
-    pos, pos_valid = groups.positive_slots(rows)
+    n = len(structure.positives)
+    rows = torch.arange(n, device=structure.positives.device)
+    pos, pos_valid = structure.positive_slots(rows)
     anchor, slot = torch.nonzero(pos_valid, as_tuple=True)
-    positive = pos[anchor, slot]
-    different = labels[anchor, None] != labels[None, :]
-    t, neg = torch.nonzero(different, as_tuple=True)
-    return Triplets(anchor[t], positive[t], neg)
+    negatives = structure.negative_mask(anchor)
+    t, neg = torch.nonzero(negatives, as_tuple=True)
+    return Triplets(anchor[t], pos[anchor, slot][t], neg)
 
 
 def mine(
     distances: Tensor,
-    labels: Tensor,
+    labels: Tensor | None = None,
     strategy: str = "semi-hard",
     *,
+    relevant: Tensor | None = None,
     offset: float = 0.0,
     fallback: str = "skip",
 ) -> Triplets:
     """Select triplets from a distance matrix.
 
     Args:
-        distances: (B, B) distances (any dissimilarity; only its order matters).
+        distances: (B, B) distances between examples with ``labels``, or (Q, D) distances
+            between queries and documents with ``relevant`` (any dissimilarity; only its order
+            matters).
         labels: (B,) integer labels.
         strategy: "all", "hard" or "semi-hard" (see the module docstring).
+        relevant: (Q, D) bool, instead of labels: relevant[q, d] makes d a positive of q, and
+            never a negative.
         offset: semi-hard offset t: negatives must satisfy D[a,n] > D[a,p] + t.
         fallback: semi-hard, when no negative qualifies: "skip", "hardest" or "easiest".
 
@@ -468,10 +532,17 @@ def mine(
         takes memory in their number; :func:`tripletkit.triplet_loss` never does.
     """
     check_mining_options(strategy, offset, fallback)
+    structure: Groups | Relevance
+    if relevant is not None and labels is None:
+        structure = Relevance.from_mask(relevant.bool())
+    elif labels is not None and relevant is None:
+        structure = label_groups(labels)
+    else:
+        raise ValueError("give exactly one of labels and relevant")
     with torch.no_grad():
         if strategy == "all":
-            return all_triplets(labels)
+            return all_triplets(structure)
         result = scan(
-            distances, labels, margin=0.0, strategy=strategy, offset=offset, fallback=fallback
+            distances, structure, margin=0.0, strategy=strategy, offset=offset, fallback=fallback
         )
         return select(result, strategy, fallback)
