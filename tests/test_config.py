@@ -17,7 +17,7 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"--set: unknown key\(s\) 'train.lr_max' in section "
-        r"'train'; valid keys: epochs, p, k",
+        r"'train'; valid keys: epochs, max_steps, p, k",
     ):
         load_config(None, ["train.lr_max=1"])
     path = tmp_path / "c.yaml"

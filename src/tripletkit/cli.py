@@ -8,12 +8,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 
+from ._cli_search import add_commands as add_search_commands
 from ._io import atomic_write, write_json
-from .config import Config, load_config
+from .config import load_config
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from .data.images import ImageSet
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace) -> Any:
     overrides = list(args.set or [])
     if getattr(args, "data", None):
         overrides.append(f"data.source={args.data}")
@@ -30,27 +32,51 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append(f"name={args.name}")
     if getattr(args, "strict", False):
         overrides.append("data.strict=true")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, task=getattr(args, "task", None))
+
+
+def _task(name: str) -> Any:
+    if name == "search":
+        from .tasks import search
+
+        return search
+    from .tasks import faces
+
+    return faces
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .tasks import faces
-
     cfg = _config(args)
     run = Path(args.runs) / cfg.name
-    models = faces.train(cfg, run, resume=args.resume, progress=not args.quiet)
+    models = _task(cfg.task).train(cfg, run, resume=args.resume, progress=not args.quiet)
     print(f"trained {len(models)} model(s) in {run}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .report import FACE_METRICS, metrics_table
-    from .tasks import faces
+    from .report import FACE_METRICS, SEARCH_METRICS, metrics_table
 
-    summary = faces.evaluate(args.run, progress=not args.quiet)
-    print(metrics_table(summary, FACE_METRICS, list(summary)))
-    print(f"report: {Path(args.run) / 'report.md'}")
-    print(f"metrics: {Path(args.run) / 'metrics.json'}")
+    run = Path(args.run)
+    config = run / "config.yaml"
+    task = "faces"
+    if config.is_file():
+        task = (yaml.safe_load(config.read_text()) or {}).get("task", "faces")
+    summary = _task(task).evaluate(run, progress=not args.quiet)
+    if task == "search":
+        columns = SEARCH_METRICS
+        lines = [
+            "| arm | " + " | ".join(label for _, label in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        lines += [
+            f"| {arm} | " + " | ".join(f"{row[k]:.4f}" for k, _ in columns) + " |"
+            for arm, row in summary.items()
+        ]
+        print("\n".join(lines))
+    else:
+        print(metrics_table(summary, FACE_METRICS, list(summary)))
+    print(f"report: {run / 'report.md'}")
+    print(f"metrics: {run / 'metrics.json'}")
     return 0
 
 
@@ -150,8 +176,9 @@ def _verify(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tripletkit",
-        description="Face embeddings with the FaceNet triplet loss: train, evaluate, embed, "
-        "cluster, verify.",
+        description="Embeddings with the FaceNet triplet loss. Faces: train, evaluate, embed, "
+        "cluster, verify. Search (--task search or a search config): train, evaluate, mine, "
+        "index, search.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -174,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--strict",
             action="store_true",
             help="stop on an unreadable image instead of skipping it",
+        )
+        p.add_argument(
+            "--task",
+            choices=["faces", "search"],
+            help="faces (default) or search; a config's task key also sets it",
         )
 
     train = commands.add_parser(
@@ -254,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("image2")
     with_model(verify)
     verify.set_defaults(handler=_verify)
+    add_search_commands(commands, _config)
     return parser
 
 

@@ -86,11 +86,17 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: P x K batches, optimiser, learning-rate schedule, augmentation."""
+    """Optimisation: batches, optimiser, learning-rate schedule, augmentation.
+
+    Faces use P x K batches (``p`` identities x ``k`` images) and ``augment``; search uses
+    ``batch_size`` queries. ``max_steps`` > 0 stops training early (after a checkpoint).
+    """
 
     epochs: int = 300
+    max_steps: int = 0
     p: int = 30
     k: int = 5
+    batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -115,9 +121,70 @@ class Config:
     ablation: tuple[str, ...] = ()
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+@dataclass(frozen=True)
+class TextDataConfig:
+    """A BEIR folder, or "wiki" (built from the Wikipedia summaries into ``cache``)."""
+
+    source: str = "wiki"
+    seed: int = 0
+    cache: str = "runs/data"
+    train_split: str = "train"
+    eval_split: str = "test"
+    dev_split: str = "dev"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The sentence-transformers encoder: a folder (None: all-MiniLM-L6-v2), tokens per text
+    and encoding batch size."""
+
+    path: str | None = None
+    max_seq_length: int = 128
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class NegativesConfig:
+    """Corpus-level negatives per training query (see :mod:`tripletkit.negatives`)."""
+
+    n: int = 1
+    r_min: int = 0
+    r_max: int = 50
+    max_score: float | None = None
+    relative_margin: float | None = 0.05
+    absolute_margin: float | None = None
+    remine_every: int = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A semantic-search run: data, encoder, negatives, loss, training, and the arms.
+
+    Arms: "bm25", "base" (zero-shot), "in_batch" (no mined negatives), "mined_unfiltered",
+    "mined_filtered".
+    """
+
+    name: str = "search-demo"
+    task: str = "search"
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: str = "flat"
+    arms: tuple[str, ...] = ("bm25", "base", "mined_filtered")
+    eval_every: int = 0
+
+
+TASKS = {"faces": Config, "search": SearchConfig}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), task: str | None = None
+) -> Any:
     """Defaults, then the YAML file, then ``section.key=value`` overrides (values parsed as
-    YAML, so ``train.lr=3e-4`` is a float and ``data.detect=true`` a bool).
+    YAML, so ``train.lr=3e-4`` is a float and ``data.detect=true`` a bool). The task ("faces"
+    or "search") comes from ``task``, else the file's ``task`` key, else "faces".
 
     Raises:
         ValueError: an unknown key (with the valid ones), a bad value, or a malformed override.
@@ -142,7 +209,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
-    return from_dict(Config, raw, where=str(path) if path else "--set")
+    chosen = task or raw.get("task") or "faces"
+    if chosen not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {chosen!r}")
+    raw["task"] = chosen
+    return from_dict(TASKS[chosen], raw, where=str(path) if path else "--set")
 
 
 def from_dict(cls: type[T], raw: Mapping[str, Any], where: str = "config", path: str = "") -> T:

@@ -182,3 +182,40 @@ def _max_batches(chunks: np.ndarray, p: int) -> int:
         else:
             high = mid - 1
     return low
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices out of ``n``, reshuffled per epoch from (seed, epoch),
+    the last incomplete batch dropped; under DDP each rank takes every world_size-th batch (all
+    ranks yield the same number). For training on queries, where each query is its own anchor.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size < 1 or n < batch_size * world_size:
+            raise ValueError(
+                f"need at least batch_size x world_size = {batch_size * world_size} items, got {n}"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for b in range(len(self)):
+            start = (b * self.world_size + self.rank) * self.batch_size
+            yield order[start : start + self.batch_size].tolist()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])

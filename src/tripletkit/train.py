@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,20 +26,37 @@ from tqdm.auto import tqdm
 from ._io import atomic_write, write_text
 from .config import TrainConfig
 from .curriculum import Curriculum
-from .losses import TripletLoss
-from .sampling import PKSampler
+from .losses import TripletLoss, TripletStats
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "step")
 
 
+class Sampler(Protocol):
+    """Batches of dataset indices, reproducible from (seed, epoch)."""
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
 class BatchSource(Protocol):
-    """What the loop needs from a task: a sampler over the training set, and batches."""
+    """What the loop needs from a task: a sampler, and the loss of a batch."""
 
-    sampler: PKSampler
+    @property
+    def sampler(self) -> Sampler: ...
 
-    def batch(self, indices: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Inputs and labels of the examples at ``indices``; ``gen`` drives augmentation."""
+    def loss(
+        self,
+        model: nn.Module,
+        loss_fn: TripletLoss,
+        indices: list[int],
+        gen: torch.Generator,
+        step: int,
+    ) -> tuple[Tensor, TripletStats]:
+        """The loss of the examples at ``indices``; ``gen`` drives augmentation."""
         ...
 
 
@@ -64,6 +81,7 @@ def fit(
     stop_after_epoch: int | None = None,
     progress: bool = True,
     desc: str = "train",
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -78,6 +96,7 @@ def fit(
         stop_after_epoch: stop after this epoch (0-based), as if interrupted; for tests.
         progress: show a progress bar.
         desc: the progress bar's label.
+        on_step: called with (steps done, model) after every step (evaluation curves).
 
     Returns:
         A :class:`TrainResult`.
@@ -89,6 +108,8 @@ def fit(
         torch.set_num_threads(cfg.threads)
     steps_per_epoch = len(source.sampler)
     total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps > 0:
+        total = min(total, cfg.max_steps)
     if total == 0:
         raise ValueError("no training batches: too few identities or examples for P x K")
     schedule = curriculum(total) if curriculum else None
@@ -116,9 +137,10 @@ def fit(
             source.sampler.set_epoch(epoch)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             for batch in source.sampler:
+                if step >= total:
+                    break
                 values = schedule.apply(loss_fn, step) if schedule else {}
-                inputs, labels = source.batch(batch, gen)
-                loss, stats = loss_fn(model(inputs), labels)
+                loss, stats = source.loss(model, loss_fn, batch, gen, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -147,6 +169,8 @@ def fit(
                 }
                 log.write(json.dumps(record) + "\n")
                 step += 1
+                if on_step is not None:
+                    on_step(step, model)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{value:.4f}",
@@ -166,7 +190,7 @@ def fit(
                 "collapsed": collapsed,
             }
             _save(checkpoint, state)
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            if step >= total or (stop_after_epoch is not None and epoch >= stop_after_epoch):
                 break
     bar.close()
     model.eval()

@@ -35,7 +35,7 @@ from ..data.images import (
     read_pairs,
     to_float,
 )
-from ..losses import TripletLoss
+from ..losses import TripletLoss, TripletStats
 from ..models import ResNetEmbedder
 from ..sampling import PKSampler
 from ..train import fit
@@ -113,10 +113,17 @@ class FaceBatches:
             singletons=min(singles, cfg.train.p),
         )
 
-    def batch(self, indices: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def loss(
+        self,
+        model: torch.nn.Module,
+        loss_fn: TripletLoss,
+        indices: list[int],
+        gen: torch.Generator,
+        step: int,
+    ) -> tuple[Tensor, TripletStats]:
         images = self.data.images[indices]
         x = augment(images, gen) if self.augment else to_float(images)
-        return x, self.data.labels[indices]
+        return loss_fn(model(x), self.data.labels[indices])
 
 
 def build_model(cfg: Config) -> ResNetEmbedder:
