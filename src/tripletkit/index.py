@@ -65,7 +65,8 @@ class Index:
             hnsw_m: HNSW neighbours per node.
             ef_search: HNSW search breadth.
             nlist: IVF lists (default about 4 sqrt(N)).
-            pq_m: PQ sub-quantisers (default d / 8, 8 bits each); must divide d.
+            pq_m: PQ sub-quantisers (default d / 8); must divide d. Each takes 8 bits, fewer
+                on corpora too small to train 256 centroids.
             nprobe: IVF lists visited per query.
             seed: seed of the IVF-PQ training.
         """
@@ -91,13 +92,15 @@ class Index:
             pq_m = pq_m or max(1, d // 8)
             if d % pq_m:
                 raise ValueError(f"pq_m={pq_m} must divide the dimension {d}")
+            # 2^bits centroids per sub-quantiser need about 39 training points each
+            bits = int(max(4, min(8, np.floor(np.log2(max(n // 39, 16))))))
             quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, bits, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
             sample = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)]
             index.train(sample)
             index.nprobe = nprobe
-            params = {"nlist": nlist, "pq_m": pq_m, "nprobe": nprobe}
+            params = {"nlist": nlist, "pq_m": pq_m, "pq_bits": bits, "nprobe": nprobe}
         index.add(x)
         return cls(index, list(ids), kind, params)
 

@@ -1,0 +1,147 @@
+import json
+
+import pytest
+import torch
+from search_fixtures import TINY_SEARCH, make_beir, tiny_encoder
+
+from tripletkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    beir, encoder = make_beir(root / "beir"), tiny_encoder(root)
+    args = [
+        "train",
+        "--task",
+        "search",
+        "--data",
+        str(beir),
+        "--name",
+        "s",
+        "--runs",
+        str(root / "runs"),
+        "--quiet",
+        "--set",
+        f"model.path={encoder}",
+        "--set",
+        "arms=[bm25, base, in_batch, mined_unfiltered, mined_filtered]",
+        "--set",
+        "eval_every=2",
+    ]
+    for item in TINY_SEARCH:
+        args += ["--set", item]
+    assert main(args) == 0
+    return root, beir, encoder
+
+
+def test_train_saves_sentence_transformers_models(trained):
+    from sentence_transformers import SentenceTransformer
+
+    root, _, _ = trained
+    for arm in ("in_batch", "mined_unfiltered", "mined_filtered"):
+        model = SentenceTransformer(str(root / "runs" / "s" / arm / "model"), device="cpu")
+        assert model.encode(["a river"]).shape == (1, 32)
+    mining = json.loads((root / "runs" / "s" / "mined_filtered" / "mining.json").read_text())
+    assert mining["candidates"] == 16 * 10 and "relevant" in mining["removed"]
+    curve = (root / "runs" / "s" / "mined_filtered" / "dev_curve.jsonl").read_text()
+    assert [json.loads(x)["step"] for x in curve.splitlines()] == [0, 2, 3]
+
+
+def test_evaluate_writes_metrics_runs_and_report(trained, capsys):
+    root, _, _ = trained
+    run = root / "runs" / "s"
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "metrics.json").read_text())
+    assert list(summary) == ["bm25", "base", "in_batch", "mined_unfiltered", "mined_filtered"]
+    for row in summary.values():
+        assert set(row) == {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map"}
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    first = (run / "mined_filtered.trec").read_text().splitlines()[0].split()
+    assert first[1] == "Q0" and first[3] == "1" and first[5] == "mined_filtered"
+    assert (run / "qrels.test.tsv").read_text().startswith("query-id\tcorpus-id\tscore")
+    report = (run / "report.md").read_text()
+    assert "False negatives" in report and "(scores.png)" in report and "(dev_curve.png)" in report
+    assert "| mined_filtered |" in capsys.readouterr().out
+
+
+def test_mine_index_search(trained, tmp_path, capsys):
+    root, beir, encoder = trained
+    settings = []
+    for item in TINY_SEARCH:
+        settings += ["--set", item]
+    out = tmp_path / "triplets.jsonl"
+    assert (
+        main(
+            [
+                "mine",
+                "--data",
+                str(beir),
+                "--model",
+                str(encoder),
+                "--out",
+                str(out),
+                "--quiet",
+                *settings,
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 16 and {"query_id", "negative_ids"} <= lines[0].keys()
+    assert "removed" in json.loads(out.with_suffix(".json").read_text())
+    model = str(root / "runs" / "s" / "mined_filtered" / "model")
+    assert (
+        main(
+            [
+                "index",
+                "--data",
+                str(beir),
+                "--model",
+                model,
+                "--out",
+                str(tmp_path / "idx"),
+                "--quiet",
+                *settings,
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["search", "violin number 1", "--index", str(tmp_path / "idx"), "-k", "3"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 3 and rows[0].split()[0] == "1"
+
+
+def test_in_batch_relevance_marks_a_document_relevant_to_two_queries(trained, monkeypatch):
+    from tripletkit.config import load_config
+    from tripletkit.data.text import load_beir
+    from tripletkit.tasks import search
+
+    _, beir, _ = trained
+    data = load_beir(beir)
+    qrels = {"q0-0": {"d0-0": 1, "d0-2": 1}, "q0-1": {"d0-1": 1, "d0-2": 1}}
+    cfg = load_config(None, ["train.batch_size=2"], task="search")
+    # d0-2 answers both queries; d0-1 is mined for q0-0 but answers q0-1
+    negatives = {"q0-0": ["d0-1", "d0-2"], "q0-1": ["d0-2"]}
+    batches = search.SearchBatches(data, qrels, negatives, cfg)
+    calls = []
+
+    def fake_embed(model, texts):
+        calls.append(texts)
+        return torch.randn(len(texts), 4)
+
+    class Capture:
+        def relevance(self, q, d, relevant):
+            calls.append(relevant)
+            return q.sum() + d.sum(), None
+
+    monkeypatch.setattr(search, "embed", fake_embed)
+    batches.loss(None, Capture(), [0, 1], torch.Generator().manual_seed(0), 0)
+    _, doc_texts, relevant = calls
+    ids = [data.corpus.ids[data.corpus.texts.index(t)] for t in doc_texts]
+    assert len(ids) == len(set(ids))  # a document twice in the batch is one column
+    expected = [[d in qrels[q] for d in ids] for q in ("q0-0", "q0-1")]
+    assert relevant.tolist() == expected
+    assert relevant[:, ids.index("d0-2")].all()  # never a negative of either query
+    assert not relevant[0, ids.index("d0-1")] and relevant[1, ids.index("d0-1")]
