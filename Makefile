@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo ablation docs-orl bench clean
+.PHONY: install test lint demo ablation docs-orl search-demo search-ablation bench clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[faces,dev]'
+	$(BIN)/python -m pip install -q -e '.[faces,search,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +33,16 @@ ablation: $(STAMP)
 	$(BIN)/tripletkit demo --config configs/orl.yaml --resume \
 		--set 'ablation=[semi-hard-curriculum, semi-hard-fixed, hard, all]'
 
+# Semantic search on the Wikipedia vital articles: BM25, the zero-shot encoder and the encoder
+# fine-tuned with filtered mined negatives; runs/search-demo/report.md.
+search-demo: $(STAMP)
+	$(BIN)/tripletkit demo --config configs/wiki.yaml
+
+# Every search arm, in_batch and mined_unfiltered included; runs/search-ablation/report.md.
+search-ablation: $(STAMP)
+	$(BIN)/tripletkit demo --config configs/wiki.yaml --name search-ablation \
+		--set 'arms=[bm25, base, in_batch, mined_unfiltered, mined_filtered]'
+
 # Publish the demo run (report, metrics, figures) as docs/orl/.
 docs-orl:
 	mkdir -p docs/orl
@@ -41,7 +51,7 @@ docs-orl:
 # Side-by-side loss + mining benchmark against pytorch-metric-learning and sentence-transformers;
 # rewrites benchmarks/loss_cpu.md.
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[faces,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[faces,search,dev,bench]'
 	$(BIN)/python benchmarks/bench_loss.py --out benchmarks/loss_cpu.md
 
 clean:
