@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo ablation docs-orl search-demo search-ablation bench clean
+.PHONY: install test lint demo ablation docs-orl search-demo search-ablation bench bench-mining clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -56,3 +56,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Hard-negative mining against sentence-transformers' miner and a bare exact search;
+# rewrites benchmarks/mining_cpu.md.
+bench-mining: $(STAMP)
+	$(BIN)/python benchmarks/bench_mining.py --out benchmarks/mining_cpu.md

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SIZES = {128: (32, 4), 512: (128, 4), 1800: (45, 40), 4096: (1024, 4), 8192: (2048, 4)}
 DIM = 128
@@ -42,7 +43,7 @@ METHODS = {
 }
 
 
-def _step_function(method: str, labels):  # noqa: ANN202 - returns a closure over libraries
+def _step_function(method: str, labels: Any) -> Callable[[Any], None]:
     """The function that computes one loss (with backward) for ``method``."""
     import torch
 

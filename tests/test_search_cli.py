@@ -145,3 +145,34 @@ def test_in_batch_relevance_marks_a_document_relevant_to_two_queries(trained, mo
     assert relevant.tolist() == expected
     assert relevant[:, ids.index("d0-2")].all()  # never a negative of either query
     assert not relevant[0, ids.index("d0-1")] and relevant[1, ids.index("d0-1")]
+
+
+def test_remining_refreshes_negatives_every_n_steps(trained, monkeypatch):
+    from tripletkit.config import load_config
+    from tripletkit.data.text import load_beir
+    from tripletkit.tasks import search
+
+    _, beir, _ = trained
+    data = load_beir(beir)
+    qrels = data.split("train")
+    cfg = load_config(None, ["train.batch_size=2", "negatives.remine_every=2"], task="search")
+    calls = []
+
+    def remine(model):
+        calls.append(True)
+        return {q: ["d11-0"] for q in qrels}
+
+    class Model:
+        def train(self):
+            return self
+
+    class Capture:
+        def relevance(self, q, d, relevant):
+            return q.sum() + d.sum(), None
+
+    monkeypatch.setattr(search, "embed", lambda model, texts: torch.randn(len(texts), 4))
+    batches = search.SearchBatches(data, qrels, {}, cfg, remine)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        batches.loss(Model(), Capture(), [0, 1], gen, step)
+    assert len(calls) == 2 and batches.negatives[batches.qids[0]] == ["d11-0"]  # steps 2 and 4
