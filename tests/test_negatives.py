@@ -35,9 +35,10 @@ def test_known_false_negatives_are_dropped_and_counted():
 
 
 def test_unfiltered_keeps_false_negatives_and_counts_them():
+    # the naive miner knows one positive (d0, listed first) and takes d2, also relevant
     mined = run(MiningConfig.unfiltered(n=3))
-    assert mined.negatives["q"] == ["d0", "d1", "d2"]
-    assert mined.relevant_kept == 2 and mined.removed == {}
+    assert mined.negatives["q"] == ["d1", "d2", "d3"]
+    assert mined.relevant_kept == 1 and mined.removed == {"positive": 1}
 
 
 def test_relative_margin_is_topk_percpos():
@@ -81,6 +82,7 @@ def test_queries_without_judgments_are_skipped():
         ({"r_min": 5, "r_max": 5}, "r_min < r_max"),
         ({"n": 0}, "n must be"),
         ({"relative_margin": 1.0}, "relative_margin"),
+        ({"exclude": "all"}, "exclude must be"),
     ],
 )
 def test_bad_config(kwargs, message):

@@ -5,7 +5,9 @@ query's positive are often relevant themselves: unfiltered "hard negatives" teac
 push answers away. For each query, candidates come from a rank window [r_min, r_max) of an
 index search, then filters drop, in this order:
 
-1. ``relevant``: any document judged relevant to the query (qrels);
+1. ``relevant``: any document judged relevant to the query (qrels); the naive miner
+   (:meth:`MiningConfig.unfiltered`) drops only the query's first listed positive
+   (``positive``), as a miner that knows one positive per training pair does;
 2. ``max_score``: candidates scoring above ``max_score``;
 3. ``relative``: candidates scoring above (1 - relative_margin) x the positive's score
    (NV-Retriever's TopK-PercPos; the positive's score is the lowest of the query's relevant
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .index import Index
 
@@ -32,7 +35,7 @@ class MiningConfig:
     n: int = 4
     r_min: int = 0
     r_max: int = 50
-    exclude_relevant: bool = True
+    exclude: str = "relevant"
     max_score: float | None = None
     relative_margin: float | None = 0.05
     absolute_margin: float | None = None
@@ -42,13 +45,15 @@ class MiningConfig:
             raise ValueError(f"need 0 <= r_min < r_max, got r_min={self.r_min}, r_max={self.r_max}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.exclude not in ("relevant", "positive"):
+            raise ValueError(f"exclude must be 'relevant' or 'positive', got {self.exclude!r}")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise ValueError(f"relative_margin must be in [0, 1), got {self.relative_margin}")
 
     @classmethod
     def unfiltered(cls, n: int = 4, r_min: int = 0, r_max: int = 50) -> MiningConfig:
-        """The rank window only: the naive miner."""
-        return cls(n=n, r_min=r_min, r_max=r_max, exclude_relevant=False, relative_margin=None)
+        """The naive miner: the rank window minus the query's first listed positive."""
+        return cls(n=n, r_min=r_min, r_max=r_max, exclude="positive", relative_margin=None)
 
 
 @dataclass
@@ -62,7 +67,7 @@ class MinedNegatives:
         candidates: candidates examined (queries x window).
         removed: filter name -> candidates it removed.
         relevant_kept: chosen negatives that the qrels judge relevant (false negatives; 0 when
-            ``exclude_relevant``).
+            every relevant document is excluded).
     """
 
     negatives: dict[str, list[str]] = field(default_factory=dict)
@@ -85,6 +90,7 @@ def mine_negatives(
     qrels: dict[str, dict[str, int]],
     config: MiningConfig,
     index: Index | None = None,
+    progress: bool = False,
 ) -> MinedNegatives:
     """Mine negatives for every query of ``query_ids`` that has a judged-relevant document.
 
@@ -96,6 +102,7 @@ def mine_negatives(
         qrels: query id -> relevant document id -> score (> 0 counts as relevant).
         config: window and filters.
         index: an index over ``doc_vectors`` (exact search when None).
+        progress: show a progress bar over the queries.
 
     Returns:
         :class:`MinedNegatives`.
@@ -108,18 +115,22 @@ def mine_negatives(
     scores, rows = index.search(qv, config.r_max)
     scores, rows = scores[:, config.r_min :], rows[:, config.r_min :]
     relevant = np.zeros(rows.shape, dtype=bool)
+    first = np.zeros(rows.shape, dtype=bool)
     positive = np.empty(len(keep_q), dtype=np.float32)
     dv = np.asarray(doc_vectors, dtype=np.float32)
-    for r, qi in enumerate(keep_q):
+    for r, qi in enumerate(tqdm(keep_q, desc="mine", disable=not progress, leave=False)):
         judged = [position[d] for d, s in qrels[query_ids[qi]].items() if s > 0 and d in position]
         judged_ids = {doc_ids[j] for j in judged}
         relevant[r] = [index.ids[c] in judged_ids if c >= 0 else False for c in rows[r]]
+        known = next((d for d, s in qrels[query_ids[qi]].items() if s > 0), None)
+        first[r] = [c >= 0 and index.ids[c] == known for c in rows[r]]
         positive[r] = float((dv[judged] @ qv[r]).min()) if judged else np.inf
     valid = rows >= 0
     out = MinedNegatives(candidates=int(valid.sum()))
     keep = valid.copy()
     filters = [
-        ("relevant", relevant if config.exclude_relevant else None),
+        ("relevant", relevant if config.exclude == "relevant" else None),
+        ("positive", first if config.exclude == "positive" else None),
         ("max_score", scores > config.max_score if config.max_score is not None else None),
         (
             "relative",

@@ -400,12 +400,14 @@ mined_filtered (plus mined negatives after the false-negative filters).
 
 ## False negatives
 
-Mining the {len(diagnostics["positive_scores"])} training queries with the zero-shot encoder and
-no filter keeps {diagnostics["unfiltered_kept"]} negatives, of which
-{diagnostics["unfiltered_relevant"]} ({100 * diagnostics["unfiltered_relevant_share"]:.1f}%) are
-judged relevant by the qrels: they would be trained as negatives although they answer the query.
-The filtered miner examined {filt["candidates"]} candidates and removed {removed}; it kept
-{filt["kept"]}.
+A naive miner (the zero-shot encoder's ranks {cfg.negatives.r_min} to {cfg.negatives.r_max},
+minus the one positive it knows per query) gives the {len(diagnostics["positive_scores"])}
+training queries {diagnostics["unfiltered_kept"]} negatives, of which
+{diagnostics["unfiltered_relevant"]} ({100 * diagnostics["unfiltered_relevant_share"]:.1f}%) the
+qrels judge relevant: false negatives. (In the batch the qrels make them positives again; a
+relevant document the qrels do not list would stay a negative, which is what the score filters
+are for.) The filtered miner examined {filt["candidates"]} candidates and removed {removed}; it
+kept {filt["kept"]}.
 
 ## Figures
 """ + "".join(f"\n![{name}]({name})\n\n{caption}\n" for name, caption in figures)

@@ -288,7 +288,7 @@ def mine_with(
     qids = sorted(qrels)
     q = encode(model, [data.queries[i] for i in qids], cfg.model.batch_size, progress)
     index = Index.build(vectors, data.corpus.ids, cfg.index)
-    return mine_negatives(qids, q, data.corpus.ids, vectors, qrels, miner, index)
+    return mine_negatives(qids, q, data.corpus.ids, vectors, qrels, miner, index, progress)
 
 
 def write_mined(path: Path, summary: Path, mined: MinedNegatives, miner: MiningConfig) -> None:
