@@ -367,9 +367,10 @@ def search_report(
     figures.append(
         (
             "scores.png",
-            "Scores of the training queries' positives, of the negatives "
-            "the filtered miner keeps, and of the unfiltered miner's negatives that the "
-            "filters remove.",
+            "Cosine similarity to the query, zero-shot encoder: each training query's "
+            "lowest-scoring positive, the negatives the filtered miner keeps, and the naive "
+            "miner's negatives that the filters reject (judged relevant, or above 95% of the "
+            "positive's score).",
         )
     )
     filt = diagnostics["filtered"]
@@ -404,7 +405,13 @@ A naive miner (the zero-shot encoder's ranks {cfg.negatives.r_min} to {cfg.negat
 minus the one positive it knows per query) gives the {len(diagnostics["positive_scores"])}
 training queries {diagnostics["unfiltered_kept"]} negatives, of which
 {diagnostics["unfiltered_relevant"]} ({100 * diagnostics["unfiltered_relevant_share"]:.1f}%) the
-qrels judge relevant: false negatives. (In the batch the qrels make them positives again; a
+qrels judge relevant: false negatives, all among the {diagnostics["multi_queries"]} queries with
+several relevant documents ({
+        100
+        * diagnostics["unfiltered_relevant"]
+        / max(
+            1, diagnostics["multi_kept"]
+        ):.0f}% of their negatives). (In the batch the qrels make them positives again; a
 relevant document the qrels do not list would stay a negative, which is what the score filters
 are for.) The filtered miner examined {filt["candidates"]} candidates and removed {removed}; it
 kept {filt["kept"]}.

@@ -412,7 +412,11 @@ def mining_diagnostics(
         for d, s in zip(ds, unfiltered.scores[qid], strict=True)
         if (qid, d) not in kept_pairs
     ]
+    multi = [qid for qid, docs in qrels.items() if sum(v > 0 for v in docs.values()) > 1]
+    multi_kept = sum(len(unfiltered.negatives.get(qid, [])) for qid in multi)
     return {
+        "multi_queries": len(multi),
+        "multi_kept": multi_kept,
         "unfiltered_relevant_share": unfiltered.relevant_kept / max(1, unfiltered.kept),
         "unfiltered_kept": unfiltered.kept,
         "unfiltered_relevant": unfiltered.relevant_kept,
