@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo ablation docs-orl search-demo search-ablation bench bench-mining clean
+.PHONY: install test lint demo ablation docs-orl docs-search search-demo search-ablation bench bench-mining clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -47,6 +47,11 @@ search-ablation: $(STAMP)
 docs-orl:
 	mkdir -p docs/orl
 	cp runs/demo/report.md runs/demo/metrics.json runs/demo/*.png docs/orl/
+
+# Publish the search ablation run (report, metrics, figures) as docs/search/.
+docs-search:
+	mkdir -p docs/search
+	cp runs/search-ablation/report.md runs/search-ablation/metrics.json runs/search-ablation/*.png docs/search/
 
 # Side-by-side loss + mining benchmark against pytorch-metric-learning and sentence-transformers;
 # rewrites benchmarks/loss_cpu.md.

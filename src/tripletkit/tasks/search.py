@@ -235,6 +235,7 @@ def train_arm(
         write_mined(out / "negatives.jsonl", out / "mining.json", mined, miner)
         negatives = mined.negatives
     model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
+    torch.manual_seed(cfg.train.seed)  # dropout: the same arm trains the same in any run
     remine = None
     if miner is not None and cfg.negatives.remine_every:
         chosen = miner
