@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,10 +47,16 @@ def _task(name: str) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from . import distributed
+
     cfg = _config(args)
     run = Path(args.runs) / cfg.name
-    models = _task(cfg.task).train(cfg, run, resume=args.resume, progress=not args.quiet)
-    print(f"trained {len(models)} model(s) in {run}")
+    with distributed.session(cfg.train.timeout, cfg.train.backend):
+        models = _task(cfg.task).train(cfg, run, resume=args.resume, progress=not args.quiet)
+        if distributed.is_main():
+            world = distributed.world_size()
+            ranks = f" on {world} ranks" if world > 1 else ""
+            print(f"trained {len(models)} model(s) in {run}{ranks}")
     return 0
 
 
@@ -82,6 +89,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     _train(args)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 evaluates
+        return 0
     args.run = str(Path(args.runs) / _config(args).name)
     return _evaluate(args)
 

@@ -90,6 +90,13 @@ class TrainConfig:
 
     Faces use P x K batches (``p`` identities x ``k`` images) and ``augment``; search uses
     ``batch_size`` queries. ``max_steps`` > 0 stops training early (after a checkpoint).
+
+    Under ``torchrun`` the batch is global: each of the N ranks takes ``p / N`` identities (or
+    ``batch_size / N`` queries) and mines over the whole batch, so a config trains the same on
+    any number of processes. ``timeout`` bounds every wait for another rank (seconds);
+    ``backend`` is "gloo", "nccl" or "auto" (NCCL when CUDA is available). ``device`` is
+    "cpu" or "cuda" (each rank its own GPU); ``amp`` runs the forward pass in bfloat16
+    autocast (the loss itself is computed in float32).
     """
 
     epochs: int = 300
@@ -106,6 +113,10 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     threads: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    backend: str = "auto"
+    timeout: float = 600.0
 
 
 @dataclass(frozen=True)

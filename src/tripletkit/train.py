@@ -7,10 +7,17 @@ scheduler, sampler and RNG state), so ``resume=True`` continues an interrupted r
 weights as an uninterrupted one (on CPU). A warning when the embedding collapses (the mean
 negative distance falls below a tenth of its first value, as FaceNet warns hard negatives can
 cause).
+
+Under ``torchrun`` (see :mod:`tripletkit.distributed`) the model is wrapped in
+DistributedDataParallel, the source gathers the global batch, and only rank 0 writes the log and
+the checkpoints; on resume rank 0 reads the checkpoint and sends it to every rank, each of which
+restores its own RNG state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import warnings
@@ -23,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._io import atomic_write, write_text
 from .config import TrainConfig
 from .curriculum import Curriculum
@@ -43,7 +51,9 @@ class Sampler(Protocol):
 
 
 class BatchSource(Protocol):
-    """What the loop needs from a task: a sampler, and the loss of a batch."""
+    """What the loop needs from a task: a sampler, and the loss of a batch (under DDP, of the
+    global batch: the source gathers the ranks' embeddings with
+    :func:`tripletkit.distributed.gather`)."""
 
     @property
     def sampler(self) -> Sampler: ...
@@ -56,7 +66,8 @@ class BatchSource(Protocol):
         gen: torch.Generator,
         step: int,
     ) -> tuple[Tensor, TripletStats]:
-        """The loss of the examples at ``indices``; ``gen`` drives augmentation."""
+        """The loss of the examples at ``indices``; ``gen`` drives augmentation. ``model``
+        may be wrapped in DistributedDataParallel; inputs go to its device."""
         ...
 
 
@@ -102,10 +113,15 @@ def fit(
         A :class:`TrainResult`.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     checkpoint, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    distributed.check_same(dataclasses.asdict(cfg), "train config")
+    device = training_device(cfg)
+    model.to(device)
     steps_per_epoch = len(source.sampler)
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps > 0:
@@ -117,22 +133,24 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
 
     start_epoch, step, first_d_an, collapsed = 0, 0, math.nan, False
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+    state = _load(checkpoint) if resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         source.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"][distributed.rank()])
         start_epoch, step = state["epoch"] + 1, state["step"]
         first_d_an, collapsed = state["first_d_an"], state["collapsed"]
-        _truncate_log(log_path, step)
-    elif log_path.exists():
+        if main:
+            _truncate_log(log_path, step)
+    elif main and log_path.exists():
         log_path.unlink()
 
-    model.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False)
-    with log_path.open("a") as log:
+    net = _wrap(model, device, source)
+    net.train()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and main), leave=False)
+    with log_path.open("a") if main else contextlib.nullcontext() as log:
         for epoch in range(start_epoch, cfg.epochs):
             source.sampler.set_epoch(epoch)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -140,9 +158,11 @@ def fit(
                 if step >= total:
                     break
                 values = schedule.apply(loss_fn, step) if schedule else {}
-                loss, stats = source.loss(model, loss_fn, batch, gen, step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with distributed.communication_errors(f"training step {step}"):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                        loss, stats = source.loss(net, loss_fn, batch, gen, step)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 optimizer.step()
                 scheduler.step()
                 value = loss.item()
@@ -150,12 +170,13 @@ def fit(
                     first_d_an = stats.mean_d_an
                 if not collapsed and stats.mean_d_an < 0.1 * first_d_an:
                     collapsed = True
-                    warnings.warn(
-                        f"step {step}: the embedding is collapsing (mean negative distance "
-                        f"{stats.mean_d_an:.4f}, was {first_d_an:.4f}); try easier mining "
-                        "(semi-hard, a curriculum) or a lower learning rate",
-                        stacklevel=2,
-                    )
+                    if main:
+                        warnings.warn(
+                            f"step {step}: the embedding is collapsing (mean negative distance "
+                            f"{stats.mean_d_an:.4f}, was {first_d_an:.4f}); try easier mining "
+                            "(semi-hard, a curriculum) or a lower learning rate",
+                            stacklevel=2,
+                        )
                 record = {
                     "step": step,
                     "epoch": epoch,
@@ -167,7 +188,8 @@ def fit(
                     "collapsed": collapsed,
                     **{f"curriculum_{k}": v for k, v in values.items()},
                 }
-                log.write(json.dumps(record) + "\n")
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
                 step += 1
                 if on_step is not None:
                     on_step(step, model)
@@ -177,24 +199,73 @@ def fit(
                     active=f"{stats.active_fraction:.2f}",
                     t=f"{loss_fn.offset:.3f}",
                 )
-            log.flush()
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "sampler": source.sampler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "step": step,
-                "first_d_an": first_d_an,
-                "collapsed": collapsed,
-            }
-            _save(checkpoint, state)
+            rngs = distributed.all_objects(torch.get_rng_state(), "RNG states")
+            if log is not None:
+                log.flush()
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": source.sampler.state_dict(),
+                    "rng": rngs,
+                    "epoch": epoch,
+                    "step": step,
+                    "first_d_an": first_d_an,
+                    "collapsed": collapsed,
+                }
+                _save(checkpoint, state)
             if step >= total or (stop_after_epoch is not None and epoch >= stop_after_epoch):
                 break
     bar.close()
     model.eval()
     return TrainResult(steps=step, log=log_path, collapsed=collapsed)
+
+
+def training_device(cfg: TrainConfig) -> torch.device:
+    """The configured device; under torchrun each rank takes the GPU of its local rank."""
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    if cfg.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", distributed.local_rank())
+    raise ValueError(f"train.device must be 'cpu' or 'cuda', got {cfg.device!r}")
+
+
+def _wrap(model: nn.Module, device: torch.device, source: BatchSource) -> nn.Module:
+    """DistributedDataParallel under torchrun, the model itself otherwise. On GPUs BatchNorm
+    becomes SyncBatchNorm (statistics of the global batch); PyTorch has no CPU SyncBatchNorm,
+    so on CPU each rank normalises with its own share's statistics, as plain DDP does."""
+    if not distributed.active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    return distributed.collective(
+        "DistributedDataParallel setup (parameter broadcast)",
+        lambda: DistributedDataParallel(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(source, "unused_parameters", False),
+            forward_sync_buffers=False,  # BatchNorm statistics stay per rank (see above)
+        ),
+    )
+
+
+def _load(path: Path) -> dict | None:
+    """Rank 0 reads the checkpoint (None if there is none) and sends it to every rank."""
+    state = None
+    if distributed.is_main() and path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    state = distributed.broadcast(state, "checkpoint")
+    if state is not None and len(state["rng"]) != distributed.world_size():
+        raise ValueError(
+            f"{path} was written by {len(state['rng'])} process(es); resume it with as many "
+            f"(this run has {distributed.world_size()})"
+        )
+    return state
 
 
 def _save(path: Path, state: dict) -> None:

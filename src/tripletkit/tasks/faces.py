@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.decomposition import PCA
 from torch import Tensor
 
-from .. import metrics
+from .. import distributed, metrics
 from .._io import atomic_write, write_json, write_text
 from ..config import Config, DataConfig, from_dict, to_dict
 from ..curriculum import Curriculum, Schedule, default_curriculum
@@ -96,21 +96,26 @@ def folds(cfg: DataConfig, data: ImageSet) -> list[Fold]:
 
 
 class FaceBatches:
-    """P x K batches of (augmented) training images."""
+    """P x K batches of (augmented) training images. Under torchrun each rank takes P / N of
+    the identities, and the loss mines over the gathered global batch."""
 
     def __init__(self, data: ImageSet, cfg: Config) -> None:
         self.data = data
         self.augment = cfg.train.augment
+        p = distributed.split(cfg.train.p, "train.p")
+        world = distributed.world_size()
         # People with a single image cannot be anchors; up to P of them join each batch as
         # pure negatives.
         counts = torch.bincount(data.labels)
         singles = int((counts == 1).sum())
         self.sampler = PKSampler(
             data.labels,
-            cfg.train.p,
+            p,
             cfg.train.k,
             seed=cfg.train.seed,
-            singletons=min(singles, cfg.train.p),
+            singletons=min(singles // world, p),
+            rank=distributed.rank(),
+            world_size=world,
         )
 
     def loss(
@@ -123,7 +128,10 @@ class FaceBatches:
     ) -> tuple[Tensor, TripletStats]:
         images = self.data.images[indices]
         x = augment(images, gen) if self.augment else to_float(images)
-        return loss_fn(model(x), self.data.labels[indices])
+        device = next(model.parameters()).device
+        embeddings = distributed.gather(model(x.to(device)))
+        labels = distributed.gather(self.data.labels[indices].to(device))
+        return loss_fn(embeddings, labels)
 
 
 def build_model(cfg: Config) -> ResNetEmbedder:
@@ -173,12 +181,13 @@ def curriculum_factory(cfg: Config) -> Callable[[int], Curriculum | None]:
 def embed(model: torch.nn.Module, images: Tensor, batch_size: int = 128) -> np.ndarray:
     """(N, C, H, W) uint8 -> (N, d) embeddings, averaged with the mirrored image."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            x = to_float(images[start : start + batch_size])
+            x = to_float(images[start : start + batch_size]).to(device)
             e = model(x) + model(torch.flip(x, dims=[3]))
-            out.append(torch.nn.functional.normalize(e, dim=1))
+            out.append(torch.nn.functional.normalize(e, dim=1).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
@@ -215,14 +224,17 @@ def train_model(
         stop_after_epoch=stop_after_epoch,
         desc=str(out_dir.name),
     )
-    dist = metrics.distance_matrix(embed(model, data.images))
+    embeddings = distributed.sharded(lambda part: embed(model, part), data.images)
+    if not distributed.is_main():
+        return model
+    dist = metrics.distance_matrix(embeddings)
     labels = data.labels.numpy()
     d, same = metrics.all_pairs(dist, labels)
     thresholds = {
         "threshold": metrics.best_threshold(d, same),
         "cluster_threshold": metrics.clustering_threshold(dist, labels),
     }
-    save_model(out_dir, model, cfg, thresholds)
+    save_model(out_dir, model.cpu(), cfg, thresholds)
     return model
 
 
@@ -268,7 +280,9 @@ def train(
     """Train the configured model on every fold, and every ablation arm; return model folders."""
     run = Path(run_dir)
     data = load_faces(cfg.data)
-    write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    distributed.check_same(to_dict(cfg))
+    if distributed.is_main():
+        write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     jobs = {run: cfg}
     for arm in cfg.ablation:
         jobs.setdefault(arm_folder(cfg, run, arm), arm_config(cfg, arm))
@@ -276,7 +290,8 @@ def train(
     for base, job_cfg in jobs.items():
         for fold in folds(cfg.data, data):
             out = base / fold.name
-            if not (resume and (out / "model.safetensors").exists()):
+            done_before = resume and (out / "model.safetensors").exists()
+            if not distributed.broadcast(done_before, "resume plan"):
                 train_model(job_cfg, data.subset(fold.train), out, resume=resume, progress=progress)
             done.append(out)
     return done
