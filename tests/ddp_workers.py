@@ -145,3 +145,18 @@ def sharded_encoding(model_dir: Path, texts: list[str]) -> Any:
 
     model = load_encoder(model_dir, 32)
     return distributed.sharded(lambda part: encode(model, part, 4, False), texts)
+
+
+def search_training(beir: Path, encoder: Path, run: Path, overrides: list[str]) -> Any:
+    """The search arms on the tiny BEIR set; returns the trained arm's final weights."""
+    from tripletkit.config import load_config
+    from tripletkit.models.text import load_encoder
+    from tripletkit.tasks import search
+
+    sets = [f"data.source={beir}", f"model.path={encoder}", *overrides]
+    cfg = load_config(None, sets, task="search")
+    search.train(cfg, run, progress=False)
+    if distributed.is_main():
+        model = load_encoder(run / "mined_filtered" / "model", 32)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+    return "done"

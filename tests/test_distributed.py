@@ -1,5 +1,6 @@
 """DDP on CPU: real gloo processes started by the tests, compared with one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from ddp_workers import (
     global_batch,
     loss_and_grads,
     run_ranks,
+    search_training,
     sharded_encoding,
 )
 from faces_fixtures import TINY, make_faces
@@ -22,6 +24,7 @@ from faces_fixtures import TINY, make_faces
 from tripletkit import distributed
 from tripletkit.config import load_config
 from tripletkit.data.images import load_identities
+from tripletkit.models.text import load_encoder
 from tripletkit.tasks.faces import FaceBatches
 
 DDP_TINY = [*TINY, "train.p=4", "train.epochs=3", "data.fold=0"]
@@ -139,3 +142,24 @@ def test_train_under_torchrun(tmp_path, faces):
     assert "trained 1 model(s)" in done.stdout and "on 2 ranks" in done.stdout
     assert done.stdout.count("trained") == 1  # rank 0 speaks
     assert (tmp_path / "ddp" / "fold0" / "model.safetensors").is_file()
+
+
+def test_search_training_on_two_ranks(tmp_path):
+    """Sharded corpus encoding for the miner, the gathered query x document batch, the dev
+    curve and the saved model, with 2 queries per rank."""
+    from search_fixtures import TINY_SEARCH, make_beir, tiny_encoder
+
+    beir, encoder = make_beir(tmp_path / "beir"), tiny_encoder(tmp_path)
+    sets = [*TINY_SEARCH, "arms=[mined_filtered]", "eval_every=2"]
+    ranks = run_ranks(search_training, 2, tmp_path, beir, encoder, tmp_path / "run", sets)
+    assert ranks[1] == "done" and "error" not in ranks[0], ranks
+    arm = tmp_path / "run" / "mined_filtered"
+    assert len((arm / "train_log.jsonl").read_text().splitlines()) == 3
+    assert [json.loads(x)["step"] for x in (arm / "dev_curve.jsonl").read_text().splitlines()] == [
+        0,
+        2,
+        3,
+    ]
+    assert (arm / "negatives.jsonl").is_file()
+    base = load_encoder(encoder, 32).state_dict()
+    assert any(not torch.equal(v, base[k]) for k, v in ranks[0].items())  # it trained

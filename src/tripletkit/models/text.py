@@ -68,9 +68,13 @@ def encode(
 
 
 def embed(model: Any, texts: list[str]) -> Tensor:
-    """(N, d) unit vectors with gradient, for training."""
-    features = model.preprocess(texts)
-    return nn.functional.normalize(model(features)["sentence_embedding"], dim=1)
+    """(N, d) unit vectors with gradient, for training; ``model`` may be wrapped in
+    DistributedDataParallel."""
+    inner = getattr(model, "module", model)
+    features = inner.preprocess(texts)
+    device = next(inner.parameters()).device
+    features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in features.items()}
+    return nn.functional.normalize(model(features)["sentence_embedding"].float(), dim=1)
 
 
 def save_encoder(model: Any, folder: str | Path) -> Path:

@@ -11,6 +11,7 @@ the qrels they were scored against.
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from .. import metrics
+from .. import distributed, metrics
 from .._io import write_json, write_text
 from ..config import SearchConfig, from_dict, to_dict
 from ..curriculum import Curriculum, Schedule, default_curriculum
@@ -69,7 +70,13 @@ def mining_config(cfg: SearchConfig, arm: str) -> MiningConfig | None:
 class SearchBatches:
     """Batches of training queries, each with one of its relevant documents (drawn per step)
     and its mined negatives; the loss mines again inside the batch, where relevance comes
-    from the qrels, so a document relevant to several queries is a negative for none."""
+    from the qrels, so a document relevant to several queries is a negative for none.
+
+    Under torchrun each rank takes ``batch_size / N`` queries; the query and document
+    embeddings of every rank are gathered, and relevance is judged over the global batch.
+    """
+
+    unused_parameters = True  # the transformer's pooler is loaded but not used
 
     def __init__(
         self,
@@ -81,7 +88,13 @@ class SearchBatches:
     ) -> None:
         self.data, self.qrels, self.negatives = data, qrels, negatives
         self.qids = sorted(q for q, docs in qrels.items() if any(v > 0 for v in docs.values()))
-        self.sampler = ShuffledBatches(len(self.qids), cfg.train.batch_size, seed=cfg.train.seed)
+        self.sampler = ShuffledBatches(
+            len(self.qids),
+            distributed.split(cfg.train.batch_size, "train.batch_size"),
+            seed=cfg.train.seed,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
         self.remine, self.remine_every = remine, cfg.negatives.remine_every
 
     def loss(
@@ -102,11 +115,14 @@ class SearchBatches:
             docs.append(relevant[int(torch.randint(len(relevant), (1,), generator=gen))])
             docs.extend(self.negatives.get(q, []))
         docs = list(dict.fromkeys(docs))  # a document twice in the batch is one column
-        relevant_mask = torch.tensor([[self.qrels[q].get(d, 0) > 0 for d in docs] for q in qids])
         corpus = self.data.corpus
-        q_emb = embed(model, [self.data.queries[q] for q in qids])
-        d_emb = embed(model, [corpus.texts[corpus.index[d]] for d in docs])
-        return loss_fn.relevance(q_emb, d_emb, relevant_mask)
+        q_emb = distributed.gather(embed(model, [self.data.queries[q] for q in qids]))
+        d_emb = distributed.gather(embed(model, [corpus.texts[corpus.index[d]] for d in docs]))
+        everyone = distributed.all_objects((qids, docs), "batch ids")
+        qids = [q for part, _ in everyone for q in part]
+        docs = [d for _, part in everyone for d in part]
+        relevant_mask = torch.tensor([[self.qrels[q].get(d, 0) > 0 for d in docs] for q in qids])
+        return loss_fn.relevance(q_emb, d_emb, relevant_mask.to(q_emb.device))
 
 
 def _loss_fn(cfg: SearchConfig) -> TripletLoss:
@@ -139,17 +155,30 @@ def _curriculum(cfg: SearchConfig) -> Callable[[int], Curriculum | None]:
 def corpus_vectors(
     model: Any, data: Retrieval, cfg: SearchConfig, cache: Path, progress: bool
 ) -> np.ndarray:
-    """The corpus encoded by ``model``, cached in ``cache`` (.npy)."""
-    if cache.is_file():
-        vectors = np.load(cache)
-        if len(vectors) == len(data.corpus):
-            return vectors
-    vectors = encode(model, data.corpus.texts, cfg.model.batch_size, progress, "corpus")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(cache)
+    """The corpus encoded by ``model``, cached in ``cache`` (.npy). Under torchrun each rank
+    encodes its shard; rank 0 reads and writes the cache."""
+    main = distributed.is_main()
+    cached = main and cache.is_file() and len(np.load(cache, mmap_mode="r")) == len(data.corpus)
+    if distributed.broadcast(cached, "cache check"):
+        vectors: np.ndarray | None = np.load(cache) if main else None
+        return typing.cast(np.ndarray, distributed.broadcast(vectors, "corpus vectors"))
+    vectors = encode_sharded(model, data.corpus.texts, cfg, progress, "corpus")
+    if main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npy")
+        np.save(tmp, vectors)
+        tmp.replace(cache)
     return vectors
+
+
+def encode_sharded(
+    model: Any, texts: list[str], cfg: SearchConfig, progress: bool, desc: str = "encode"
+) -> np.ndarray:
+    """:func:`encode` split over the ranks under torchrun, merged in order on every rank."""
+    show = progress and distributed.is_main()
+    return distributed.sharded(
+        lambda part: encode(model, part, cfg.model.batch_size, show, desc), texts
+    )
 
 
 def retrieve(
@@ -161,7 +190,7 @@ def retrieve(
     progress: bool,
 ) -> dict[str, dict[str, float]]:
     """Top-100 documents per query by inner product over ``vectors``."""
-    q = encode(model, [data.queries[i] for i in query_ids], cfg.model.batch_size, progress)
+    q = encode_sharded(model, [data.queries[i] for i in query_ids], cfg, progress)
     index = Index.build(vectors, data.corpus.ids, cfg.index)
     hits = index.search_ids(q, TOP_K)
     return {qid: dict(h) for qid, h in zip(query_ids, hits, strict=True)}
@@ -207,15 +236,20 @@ def train(
 ) -> list[Path]:
     """Fine-tune the configured arms; return their model folders."""
     run = Path(run_dir)
-    data = load_data(cfg)
-    write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    distributed.check_same(to_dict(cfg))
+    # rank 0 loads (and for "wiki" builds) the data once, and sends it to the others
+    data = distributed.broadcast(load_data(cfg) if distributed.is_main() else None, "data")
+    assert data is not None
+    if distributed.is_main():
+        write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     done = []
     for arm in cfg.arms:
         if arm not in ARMS:
             raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
         if arm in TRAINED:
             folder = run / arm / "model"
-            if not (resume and (folder / "modules.json").is_file()):
+            trained = resume and (folder / "modules.json").is_file()
+            if not distributed.broadcast(trained, "resume plan"):
                 train_arm(cfg, data, run, arm, resume=resume, progress=progress)
             done.append(folder)
     return done
@@ -232,7 +266,8 @@ def train_arm(
     if miner is not None:
         base = load_encoder(cfg.model.path, cfg.model.max_seq_length)
         mined = mine_with(base, data, qrels, cfg, miner, run / "base" / "corpus.npy", progress)
-        write_mined(out / "negatives.jsonl", out / "mining.json", mined, miner)
+        if distributed.is_main():
+            write_mined(out / "negatives.jsonl", out / "mining.json", mined, miner)
         negatives = mined.negatives
     model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
     torch.manual_seed(cfg.train.seed)  # dropout: the same arm trains the same in any run
@@ -242,7 +277,7 @@ def train_arm(
 
         def remine(m: torch.nn.Module) -> dict[str, list[str]]:
             m.eval()
-            vectors = encode(m, data.corpus.texts, cfg.model.batch_size, progress)
+            vectors = encode_sharded(m, data.corpus.texts, cfg, progress, "corpus")
             return mine_with(m, data, qrels, cfg, chosen, None, progress, vectors).negatives
 
     source = SearchBatches(data, qrels, negatives, cfg, remine)
@@ -269,7 +304,8 @@ def train_arm(
     )
     if cfg.eval_every and result.steps % cfg.eval_every:
         curve(result.steps, model)
-    save_encoder(model, out / "model")
+    if distributed.is_main():
+        save_encoder(model, out / "model")
 
 
 def mine_with(
@@ -287,9 +323,10 @@ def mine_with(
         assert cache is not None
         vectors = corpus_vectors(model, data, cfg, cache, progress)
     qids = sorted(qrels)
-    q = encode(model, [data.queries[i] for i in qids], cfg.model.batch_size, progress)
+    q = encode_sharded(model, [data.queries[i] for i in qids], cfg, progress)
     index = Index.build(vectors, data.corpus.ids, cfg.index)
-    return mine_negatives(qids, q, data.corpus.ids, vectors, qrels, miner, index, progress)
+    show = progress and distributed.is_main()
+    return mine_negatives(qids, q, data.corpus.ids, vectors, qrels, miner, index, show)
 
 
 def write_mined(path: Path, summary: Path, mined: MinedNegatives, miner: MiningConfig) -> None:
@@ -324,19 +361,22 @@ def _dev_curve(data: Retrieval, cfg: SearchConfig, path: Path) -> Callable[[int,
     qrels = {q: data.split(cfg.data.dev_split)[q] for q in qids}
     ids = [data.corpus.ids[i] for i in docs]
     texts = [data.corpus.texts[i] for i in docs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    main = distributed.is_main()
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
 
     def point(step: int, model: Any) -> None:
         was_training = model.training
         model.eval()
-        d = encode(model, texts, cfg.model.batch_size, False)
-        q = encode(model, [data.queries[i] for i in qids], cfg.model.batch_size, False)
-        hits = Index.build(d, ids).search_ids(q, TOP_K)
-        run = {qid: dict(h) for qid, h in zip(qids, hits, strict=True)}
-        score = metrics.ir_scores(run, qrels)["ndcg@10"]
-        with path.open("a") as f:
-            f.write(json.dumps({"step": step, "ndcg@10": score}) + "\n")
+        d = encode_sharded(model, texts, cfg, False)
+        q = encode_sharded(model, [data.queries[i] for i in qids], cfg, False)
+        if main:
+            hits = Index.build(d, ids).search_ids(q, TOP_K)
+            run = {qid: dict(h) for qid, h in zip(qids, hits, strict=True)}
+            score = metrics.ir_scores(run, qrels)["ndcg@10"]
+            with path.open("a") as f:
+                f.write(json.dumps({"step": step, "ndcg@10": score}) + "\n")
         if was_training:
             model.train()
 
@@ -399,7 +439,7 @@ def mining_diagnostics(
     base = load_encoder(cfg.model.path, cfg.model.max_seq_length)
     vectors = corpus_vectors(base, data, cfg, run / "base" / "corpus.npy", progress)
     qids = sorted(qrels)
-    q = encode(base, [data.queries[i] for i in qids], cfg.model.batch_size, progress)
+    q = encode_sharded(base, [data.queries[i] for i in qids], cfg, progress)
     index = Index.build(vectors, data.corpus.ids, cfg.index)
     naive, miner = mining_config(cfg, "mined_unfiltered"), mining_config(cfg, "mined_filtered")
     assert naive is not None and miner is not None
