@@ -70,6 +70,7 @@ def add_commands(commands: Any, config: Callable[[argparse.Namespace], Any]) -> 
 
 
 def _mine(args: argparse.Namespace) -> int:
+    from . import distributed
     from .models.text import load_encoder
     from .negatives import MiningConfig
     from .tasks import search
@@ -82,7 +83,10 @@ def _mine(args: argparse.Namespace) -> int:
     out = Path(args.out)
     model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
     cache = out.with_suffix(".corpus.npy")
-    mined = search.mine_with(model, data, qrels, cfg, miner, cache, not args.quiet)
+    with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
+        mined = search.mine_with(model, data, qrels, cfg, miner, cache, not args.quiet)
+        if not distributed.is_main():
+            return 0
     search.write_mined(out, out.with_suffix(".json"), mined, miner)
     removed = ", ".join(f"{k} {v}" for k, v in mined.removed.items()) or "nothing"
     print(
@@ -94,14 +98,18 @@ def _mine(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from . import distributed
     from .index import Index
-    from .models.text import encode, load_encoder
+    from .models.text import load_encoder
     from .tasks import search
 
     cfg = args.config_of(args)
     data = search.load_data(cfg)
     model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
-    vectors = encode(model, data.corpus.texts, cfg.model.batch_size, not args.quiet)
+    with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
+        vectors = search.encode_sharded(model, data.corpus.texts, cfg, not args.quiet, "corpus")
+        if not distributed.is_main():
+            return 0
     index = Index.build(vectors, data.corpus.ids, args.kind)
     encoder = {
         "path": str(Path(args.model).resolve()) if args.model else cfg.model.path,

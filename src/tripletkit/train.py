@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ def fit(
     elif main and log_path.exists():
         log_path.unlink()
 
+    started = time.perf_counter()
     net = _wrap(model, device, source)
     net.train()
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and main), leave=False)
@@ -180,6 +182,7 @@ def fit(
                 record = {
                     "step": step,
                     "epoch": epoch,
+                    "seconds": round(time.perf_counter() - started, 4),
                     "loss": value,
                     "lr": scheduler.get_last_lr()[0],
                     "offset": loss_fn.offset,
