@@ -111,6 +111,14 @@ def test_mine_index_search(trained, tmp_path, capsys):
     assert main(["search", "violin number 1", "--index", str(tmp_path / "idx"), "-k", "3"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 3 and rows[0].split()[0] == "1"
+    disk = tmp_path / "disk"
+    index_args = ["index", "--data", str(beir), "--model", model, "--out", str(disk), "--quiet"]
+    assert main([*index_args, "--on-disk", *settings]) == 0
+    assert (disk / "lists.ivfdata").is_file() and (disk / "titles.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # scratch removed
+    capsys.readouterr()
+    assert main(["search", "violin number 1", "--index", str(disk), "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
 
 def test_in_batch_relevance_marks_a_document_relevant_to_two_queries(trained, monkeypatch):

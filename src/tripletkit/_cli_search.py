@@ -54,6 +54,12 @@ def add_commands(commands: Any, config: Callable[[argparse.Namespace], Any]) -> 
     )
     with_search_config(index)
     index.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivfpq"])
+    index.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="for corpora larger than memory: encode in chunks to a memory-mapped file, then "
+        "an IVF-PQ with an HNSW quantizer whose lists stay on disk (implies --kind ivfpq)",
+    )
     index.add_argument("--out", required=True, help="index folder")
     index.set_defaults(handler=_index)
 
@@ -106,18 +112,24 @@ def _index(args: argparse.Namespace) -> int:
     cfg = args.config_of(args)
     data = search.load_data(cfg)
     model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
-    with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
-        vectors = search.encode_sharded(model, data.corpus.texts, cfg, not args.quiet, "corpus")
-        if not distributed.is_main():
-            return 0
-    index = Index.build(vectors, data.corpus.ids, args.kind)
     encoder = {
         "path": str(Path(args.model).resolve()) if args.model else cfg.model.path,
         "max_seq_length": cfg.model.max_seq_length,
     }
     titles = dict(zip(data.corpus.ids, data.corpus.titles, strict=True))
-    index.save(args.out, {"encoder.json": json.dumps(encoder), "titles.json": json.dumps(titles)})
-    print(f"indexed {len(vectors)} documents ({args.kind}) -> {args.out}")
+    extra = {"encoder.json": json.dumps(encoder), "titles.json": json.dumps(titles)}
+    with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
+        if args.on_disk:
+            search.index_on_disk(model, data, cfg, Path(args.out), extra, not args.quiet)
+            kind = "ivfpq, lists on disk"
+        else:
+            texts = data.corpus.texts
+            vectors = search.encode_sharded(model, texts, cfg, not args.quiet, "corpus")
+            if distributed.is_main():
+                Index.build(vectors, data.corpus.ids, args.kind).save(args.out, extra)
+            kind = args.kind
+    if distributed.is_main():
+        print(f"indexed {len(data.corpus)} documents ({kind}) -> {args.out}")
     return 0
 
 

@@ -56,7 +56,7 @@ def encode(
 ) -> np.ndarray:
     """(N, d) float32 unit vectors, in inference mode."""
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), np.float32)
+        return np.zeros((0, dimension(model)), np.float32)
     vectors = model.encode(
         texts,
         batch_size=batch_size,
@@ -65,6 +65,12 @@ def encode(
         show_progress_bar=progress,
     )
     return np.asarray(vectors, dtype=np.float32)
+
+
+def dimension(model: Any) -> int:
+    """The embedding dimension (the method's name changed in sentence-transformers 5)."""
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
 
 
 def embed(model: Any, texts: list[str]) -> Tensor:

@@ -29,7 +29,7 @@ from ..curriculum import Curriculum, Schedule, default_curriculum
 from ..data.text import Retrieval, build_wiki, load_beir
 from ..index import Index
 from ..losses import TripletLoss, TripletStats
-from ..models.text import embed, encode, load_encoder, save_encoder
+from ..models.text import dimension, embed, encode, load_encoder, save_encoder
 from ..negatives import MinedNegatives, MiningConfig, mine_negatives
 from ..sampling import ShuffledBatches
 from ..train import fit
@@ -179,6 +179,55 @@ def encode_sharded(
     return distributed.sharded(
         lambda part: encode(model, part, cfg.model.batch_size, show, desc), texts
     )
+
+
+def index_on_disk(
+    model: Any,
+    data: Retrieval,
+    cfg: SearchConfig,
+    folder: Path,
+    extra: dict[str, str],
+    progress: bool,
+    chunk: int = 16384,
+) -> None:
+    """An IVF-PQ (HNSW quantizer) of the corpus with its lists on disk, for corpora larger than
+    memory: the corpus is encoded ``chunk`` texts at a time (sharded over the ranks) into a
+    memory-mapped .npy beside ``folder``, which then feeds the training sample and the chunked
+    build; rank 0 writes. Memory holds a chunk, the sample and the ids."""
+    from ..index import default_nlist, training_sample
+
+    texts, main = data.corpus.texts, distributed.is_main()
+    scratch = folder.with_name(f".{folder.name}.vectors.npy")
+    dim = dimension(model)
+    store = (
+        np.lib.format.open_memmap(scratch, "w+", np.float32, (len(texts), dim)) if main else None
+    )
+    try:
+        for start in range(0, len(texts), chunk):
+            part = encode_sharded(model, texts[start : start + chunk], cfg, False)
+            if store is not None:
+                store[start : start + len(part)] = part
+            if progress and main:
+                print(f"encoded {min(start + chunk, len(texts))}/{len(texts)}", flush=True)
+        if store is None:
+            return
+        store.flush()
+        nlist = default_nlist(len(texts))
+        pieces = (store[i : i + chunk] for i in range(0, len(texts), chunk))
+        Index.build_on_disk(
+            pieces,
+            data.corpus.ids,
+            folder,
+            trained_on=training_sample(store, nlist),
+            nlist=nlist,
+            quantizer="hnsw",
+        )
+        for name, text in extra.items():
+            write_text(folder / name, text)
+    finally:
+        del store
+        if main:
+            scratch.unlink(missing_ok=True)
 
 
 def retrieve(
