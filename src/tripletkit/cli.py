@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     run = Path(args.runs) / cfg.name
-    with distributed.session(cfg.train.timeout, cfg.train.backend):
+    with distributed.session(cfg.train.timeout, cfg.train.backend, cfg.train.device):
         models = _task(cfg.task).train(cfg, run, resume=args.resume, progress=not args.quiet)
         if distributed.is_main():
             world = distributed.world_size()

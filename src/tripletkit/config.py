@@ -94,7 +94,7 @@ class TrainConfig:
     Under ``torchrun`` the batch is global: each of the N ranks takes ``p / N`` identities (or
     ``batch_size / N`` queries) and mines over the whole batch, so a config trains the same on
     any number of processes. ``timeout`` bounds every wait for another rank (seconds);
-    ``backend`` is "gloo", "nccl" or "auto" (NCCL when CUDA is available). ``device`` is
+    ``backend`` is "gloo", "nccl" or "auto" (NCCL when ``device`` is "cuda"). ``device`` is
     "cpu" or "cuda" (each rank its own GPU); ``amp`` runs the forward pass in bfloat16
     autocast (the loss itself is computed in float32).
     """

@@ -63,21 +63,22 @@ def local_rank() -> int:
 
 
 @contextmanager
-def session(timeout: float = 600.0, backend: str = "auto") -> Iterator[None]:
+def session(timeout: float = 600.0, backend: str = "auto", device: str = "cpu") -> Iterator[None]:
     """Join the process group that ``torchrun`` describes in the environment (``RANK``,
     ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), and leave it at the end. A no-op
     without ``WORLD_SIZE`` > 1 or when a group already exists.
 
     Args:
         timeout: seconds a collective may wait for the other ranks before failing.
-        backend: "gloo" (CPU), "nccl" (GPUs), or "auto": NCCL when CUDA is available.
+        backend: "gloo" (CPU), "nccl" (GPUs), or "auto": NCCL when ``device`` is "cuda".
+        device: where the tensors that travel live, "cpu" or "cuda".
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or dist.is_initialized():
         yield
         return
     if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device == "cuda" else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
     if backend == "nccl":
