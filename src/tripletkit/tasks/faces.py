@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,15 +109,18 @@ class FaceBatches:
         # pure negatives.
         counts = torch.bincount(data.labels)
         singles = int((counts == 1).sum())
-        self.sampler = PKSampler(
-            data.labels,
-            p,
-            cfg.train.k,
-            seed=cfg.train.seed,
-            singletons=min(singles // world, p),
-            rank=distributed.rank(),
-            world_size=world,
-        )
+        with warnings.catch_warnings():
+            if not distributed.is_main():  # rank 0 reports left-out identities once
+                warnings.simplefilter("ignore")
+            self.sampler = PKSampler(
+                data.labels,
+                p,
+                cfg.train.k,
+                seed=cfg.train.seed,
+                singletons=min(singles // world, p),
+                rank=distributed.rank(),
+                world_size=world,
+            )
 
     def loss(
         self,
