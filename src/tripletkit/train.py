@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._io import atomic_write, write_text
-from .config import TrainConfig
-from .curriculum import Curriculum
+from .config import LossConfig, TrainConfig
+from .curriculum import Curriculum, Schedule, default_curriculum
 from .losses import TripletLoss, TripletStats
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -276,6 +276,49 @@ def _save(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
     atomic_write(path, write)
+
+
+def loss_from_config(loss: LossConfig) -> TripletLoss:
+    """The triplet loss with the configured options."""
+    return TripletLoss(
+        margin=loss.margin,
+        mining=loss.mining,
+        offset=loss.offset,
+        fallback=loss.fallback,
+        distance=loss.distance,
+        soft=loss.soft,
+        reduction=loss.reduction,
+    )
+
+
+def curriculum_from_config(loss: LossConfig) -> Callable[[int], Curriculum | None]:
+    """Builds the configured offset (and margin) curriculum once the number of steps is known.
+
+    Raises:
+        ValueError: an unknown ``loss.curriculum``.
+    """
+
+    def make(total: int) -> Curriculum | None:
+        margin = None
+        if loss.margin_end is not None:
+            margin = Schedule("linear", loss.margin, loss.margin_end, max(1, total))
+        if loss.curriculum == "none":
+            offset = Schedule("constant", loss.offset)
+        elif loss.curriculum == "default":
+            offset = default_curriculum(total, loss.margin).offset
+        else:
+            steps = max(1, int(total * loss.curriculum_fraction))
+            offset = Schedule(loss.curriculum, loss.offset_start, loss.offset, steps)
+        if margin is None and loss.curriculum == "none":
+            return None
+        return Curriculum(offset, margin)
+
+    if loss.curriculum not in ("none", "default", "linear", "cosine", "step"):
+        raise ValueError(
+            "loss.curriculum must be none, default, linear, cosine or step, got "
+            f"{loss.curriculum!r}"
+        )
+    return make
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

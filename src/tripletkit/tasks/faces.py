@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from torch import Tensor
 from .. import distributed, metrics
 from .._io import atomic_write, write_json, write_text
 from ..config import Config, DataConfig, from_dict, to_dict
-from ..curriculum import Curriculum, Schedule, default_curriculum
 from ..data.images import (
     SUFFIXES,
     ImageSet,
@@ -39,7 +37,7 @@ from ..data.images import (
 from ..losses import TripletLoss, TripletStats
 from ..models import ResNetEmbedder
 from ..sampling import PKSampler
-from ..train import fit
+from ..train import curriculum_from_config, fit, loss_from_config
 
 # Ablation arms: loss options layered over the run's config.
 ARMS: dict[str, dict[str, object]] = {
@@ -155,33 +153,6 @@ def _network(cfg: Config) -> ResNetEmbedder:
     )
 
 
-def curriculum_factory(cfg: Config) -> Callable[[int], Curriculum | None]:
-    """Builds the configured offset curriculum once the number of steps is known."""
-    loss = cfg.loss
-
-    def make(total: int) -> Curriculum | None:
-        margin = None
-        if loss.margin_end is not None:
-            margin = Schedule("linear", loss.margin, loss.margin_end, max(1, total))
-        if loss.curriculum == "none":
-            offset = Schedule("constant", loss.offset)
-        elif loss.curriculum == "default":
-            offset = default_curriculum(total, loss.margin).offset
-        else:
-            steps = max(1, int(total * loss.curriculum_fraction))
-            offset = Schedule(loss.curriculum, loss.offset_start, loss.offset, steps)
-        if margin is None and loss.curriculum == "none":
-            return None
-        return Curriculum(offset, margin)
-
-    if loss.curriculum not in ("none", "default", "linear", "cosine", "step"):
-        raise ValueError(
-            "loss.curriculum must be none, default, linear, cosine or step, got "
-            f"{loss.curriculum!r}"
-        )
-    return make
-
-
 def embed(model: torch.nn.Module, images: Tensor, batch_size: int = 128) -> np.ndarray:
     """(N, C, H, W) uint8 -> (N, d) embeddings, averaged with the mirrored image."""
     model.eval()
@@ -206,23 +177,13 @@ def train_model(
 ) -> ResNetEmbedder:
     """Train one model on ``data`` and save it with its verification threshold."""
     model = build_model(cfg)
-    loss = cfg.loss
-    loss_fn = TripletLoss(
-        margin=loss.margin,
-        mining=loss.mining,
-        offset=loss.offset,
-        fallback=loss.fallback,
-        distance=loss.distance,
-        soft=loss.soft,
-        reduction=loss.reduction,
-    )
     fit(
         model,
-        loss_fn,
+        loss_from_config(cfg.loss),
         FaceBatches(data, cfg),
         cfg.train,
         out_dir,
-        curriculum=curriculum_factory(cfg),
+        curriculum=curriculum_from_config(cfg.loss),
         resume=resume,
         progress=progress,
         stop_after_epoch=stop_after_epoch,

@@ -25,14 +25,13 @@ from torch import Tensor
 from .. import distributed, metrics
 from .._io import write_json, write_text
 from ..config import SearchConfig, from_dict, to_dict
-from ..curriculum import Curriculum, Schedule, default_curriculum
 from ..data.text import Retrieval, build_wiki, load_beir
 from ..index import Index
 from ..losses import TripletLoss, TripletStats
 from ..models.text import dimension, embed, encode, load_encoder, save_encoder
 from ..negatives import MinedNegatives, MiningConfig, mine_negatives
 from ..sampling import ShuffledBatches
-from ..train import fit
+from ..train import curriculum_from_config, fit, loss_from_config
 
 ARMS = ("bm25", "base", "in_batch", "mined_unfiltered", "mined_filtered")
 TRAINED = ("in_batch", "mined_unfiltered", "mined_filtered")
@@ -123,33 +122,6 @@ class SearchBatches:
         docs = [d for _, part in everyone for d in part]
         relevant_mask = torch.tensor([[self.qrels[q].get(d, 0) > 0 for d in docs] for q in qids])
         return loss_fn.relevance(q_emb, d_emb, relevant_mask.to(q_emb.device))
-
-
-def _loss_fn(cfg: SearchConfig) -> TripletLoss:
-    loss = cfg.loss
-    return TripletLoss(
-        margin=loss.margin,
-        mining=loss.mining,
-        offset=loss.offset,
-        fallback=loss.fallback,
-        distance=loss.distance,
-        soft=loss.soft,
-        reduction=loss.reduction,
-    )
-
-
-def _curriculum(cfg: SearchConfig) -> Callable[[int], Curriculum | None]:
-    loss = cfg.loss
-
-    def make(total: int) -> Curriculum | None:
-        if loss.curriculum == "none":
-            return None
-        if loss.curriculum == "default":
-            return default_curriculum(total, loss.margin)
-        steps = max(1, int(total * loss.curriculum_fraction))
-        return Curriculum(Schedule(loss.curriculum, loss.offset_start, loss.offset, steps))
-
-    return make
 
 
 def corpus_vectors(
@@ -341,11 +313,11 @@ def train_arm(
 
     result = fit(
         model,
-        _loss_fn(cfg),
+        loss_from_config(cfg.loss),
         source,
         cfg.train,
         out,
-        curriculum=_curriculum(cfg),
+        curriculum=curriculum_from_config(cfg.loss),
         resume=resume,
         progress=progress,
         desc=arm,
