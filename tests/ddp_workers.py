@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,13 @@ def dying_rank(faces: Path, out: Path, overrides: list[str]) -> Any:
 def disagreeing_config(rate: float) -> Any:
     distributed.check_same({"train": {"lr": rate * (1 + distributed.rank()), "epochs": 3}})
     return "agreed"
+
+
+def late_rank_zero(seconds: float) -> float:
+    """Rank 0 is still busy (writing its report, say) when rank 1 is done."""
+    if distributed.rank() == 0:
+        time.sleep(seconds)
+    return time.time()
 
 
 def sharded_encoding(model_dir: Path, texts: list[str]) -> Any:

@@ -14,6 +14,7 @@ from ddp_workers import (
     dying_rank,
     faces_training,
     global_batch,
+    late_rank_zero,
     loss_and_grads,
     run_ranks,
     search_training,
@@ -89,6 +90,14 @@ def test_ranks_that_disagree_on_the_config_fail_on_every_rank(tmp_path):
         assert got["error"].startswith("DistributedError: ranks disagree on the config")
         assert "train.lr: rank 0 has 0.1, rank 1 has 0.2" in got["error"]
         assert "epochs" not in got["error"]
+
+
+def test_ranks_leave_the_session_together(tmp_path):
+    """A rank that finishes first waits for the others before tearing the group down: a gloo
+    group destroyed at exit while a peer is still working aborted the process (seen in CI)."""
+    done = run_ranks(late_rank_zero, 2, tmp_path, 1.5)
+    left = [(tmp_path / f"result-rank{r}.pt").stat().st_mtime for r in range(2)]
+    assert left[1] - done[1] >= 1.4, (done, left)
 
 
 def test_sharded_encoding_equals_one_process(tmp_path):

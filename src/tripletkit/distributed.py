@@ -18,6 +18,7 @@ process.
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import json
 import os
@@ -93,8 +94,15 @@ def session(timeout: float = 600.0, backend: str = "auto", device: str = "cpu") 
         ) from err
     try:
         yield
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Leave together, and only after this rank's DDP objects (which hold the group) are
+    # gone: a gloo group torn down at interpreter exit while a peer still talks to it
+    # aborts the process ("terminate called without an active exception").
+    gc.collect()
+    barrier("the closing barrier")
+    dist.destroy_process_group()
 
 
 def collective(what: str, run: Callable[[], T]) -> T:
