@@ -101,8 +101,10 @@ def session(timeout: float = 600.0, backend: str = "auto", device: str = "cpu") 
     # gone: a gloo group torn down at interpreter exit while a peer still talks to it
     # aborts the process ("terminate called without an active exception").
     gc.collect()
-    barrier("the closing barrier")
-    dist.destroy_process_group()
+    try:
+        barrier("the closing barrier")
+    finally:
+        dist.destroy_process_group()
 
 
 def collective(what: str, run: Callable[[], T]) -> T:
