@@ -66,7 +66,7 @@ def _entry(
     )
     torch.set_num_threads(1)
     try:
-        with distributed.session(timeout=20, backend="gloo"):
+        with distributed.session(timeout=60, backend="gloo"):
             result = target(*args)
     except Exception as err:  # reported to the test, which decides
         result = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()}
