@@ -153,6 +153,34 @@ def test_train_under_torchrun(tmp_path, faces):
     assert (tmp_path / "ddp" / "fold0" / "model.safetensors").is_file()
 
 
+def test_two_nodes_meet_through_c10d_rendezvous(tmp_path, faces):
+    """The multi-node command of docs/distributed.md, as two one-process "machines" on this
+    host: each torchrun finds the other through the c10d rendezvous endpoint."""
+    sets = [a for s in [*DDP_TINY, "train.epochs=1"] for a in ("--set", s)]
+    endpoint = f"127.0.0.1:{__import__('ddp_workers').free_port()}"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
+        "-m", "tripletkit", "train", "--data", str(faces), "--name", "nodes", "--quiet",
+        "--runs", str(tmp_path), *sets,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    said = "".join(out for out, _ in outputs)
+    assert said.count("trained 1 model(s)") == 1 and "on 2 ranks" in said
+    assert (tmp_path / "nodes" / "fold0" / "model.safetensors").is_file()
+
+
 def test_search_training_on_two_ranks(tmp_path):
     """Sharded corpus encoding for the miner, the gathered query x document batch, the dev
     curve and the saved model, with 2 queries per rank."""
