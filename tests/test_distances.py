@@ -89,6 +89,42 @@ def test_surrogate_gradient_is_weighted_distance_gradient(
     torch.testing.assert_close(ours.grad, ref.grad)
 
 
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("dense_part", [False, True])
+@pytest.mark.parametrize("with_scratch", [False, True])
+def test_surrogate_gradient_between_two_sets(distance, dense_part, with_scratch, gradient_path):
+    """Queries x documents: both sides get the gradient of sum_ij W_ij d(q_i, d_j); a scratch
+    buffer (the spent distance matrix) changes nothing."""
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    d = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    rows = torch.randint(0, 5, (40,), generator=gen)
+    cols = torch.randint(0, 9, (40,), generator=gen)
+    weights = torch.randn(40, generator=gen, dtype=torch.float64)
+    dense = torch.randn(5, 9, generator=gen, dtype=torch.float64) if dense_part else None
+
+    rq, rd = q.clone().requires_grad_(), d.clone().requires_grad_()
+    dist = pairwise_distances(rq, rd, distance=distance)
+    target = (weights * dist[rows, cols]).sum()
+    if dense is not None:
+        target = target + (dense * dist).sum()
+    target.backward()
+
+    oq, od = q.clone().requires_grad_(), d.clone().requires_grad_()
+    values = dist.detach().clone()
+    surrogate = distance_gradient_surrogate(
+        oq,
+        distance,
+        (rows, cols, weights, values[rows, cols]),
+        None if dense is None else (dense.clone(), values.clone()),
+        od,
+        scratch=values if with_scratch else None,
+    )
+    surrogate.backward()
+    torch.testing.assert_close(oq.grad, rq.grad)
+    torch.testing.assert_close(od.grad, rd.grad)
+
+
 def test_unknown_distance_is_an_error():
     with pytest.raises(ValueError, match="distance"):
         pairwise_distances(torch.zeros(2, 2), distance="manhattan")

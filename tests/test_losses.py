@@ -163,6 +163,26 @@ def test_half_precision_embeddings_are_mined_in_float32():
     assert loss.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+def test_autocast_does_not_coarsen_the_mining(mining):
+    """Under bfloat16 autocast the loss still mines on float32 distances: same loss, same
+    stats, same gradient as without autocast."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen), dim=1)
+    labels = torch.arange(8).repeat_interleave(5)
+    results = []
+    for enabled in (False, True):
+        e = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            loss, stats = triplet_loss(e, labels, mining=mining)
+        loss.backward()
+        results.append((loss.detach(), stats, e.grad))
+    (loss0, stats0, grad0), (loss1, stats1, grad1) = results
+    assert loss1.dtype == torch.float32 and stats1 == stats0
+    torch.testing.assert_close(loss1, loss0)
+    torch.testing.assert_close(grad1, grad0)
+
+
 def test_labels_may_be_a_list_or_numpy_array():
     x = torch.randn(6, 2)
     want = triplet_loss(x, torch.tensor([0, 0, 1, 1, 2, 2]))[0]

@@ -78,6 +78,18 @@ def test_ties_go_to_smallest_index():
     assert mine(dist, labels, "semi-hard", offset=-1.0).as_list()[0] == (0, 1, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_zero_ties_with_zero(dtype):
+    """-0.0 == 0.0: the tie goes to the smaller index, whatever the sign bit says."""
+    labels = torch.tensor([0, 0, 1, 1])
+    dist = torch.tensor(
+        [[0.0, 0.5, 0.0, -0.0], [0.5, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.2], [-0.0, 1.0, 0.2, 0.0]],
+        dtype=dtype,
+    )
+    assert mine(dist, labels, "semi-hard", offset=-float("inf")).as_list()[0] == (0, 1, 2)
+    assert mine(dist, labels, "hard").as_list()[0] == (0, 1, 2)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_mining_matches_loop_oracle(layout, dtype, bucketing):
@@ -88,6 +100,8 @@ def test_mining_matches_loop_oracle(layout, dtype, bucketing):
         dist = pairwise_distances(x)
         if seed % 3 == 0:  # ties on purpose: distances rounded to a coarse grid
             dist = (dist * 4).round() / 4
+        if seed % 4 == 1:  # any dissimilarity: negative values too
+            dist = dist - dist.mean()
         offset = [0.0, 0.3, -0.4, -float("inf"), float("inf"), 1.5][seed % 6]
         for strategy in ("all", "hard", "semi-hard"):
             for fallback in ("skip", "hardest", "easiest"):

@@ -75,7 +75,8 @@ def _by_grid(values: Tensor, thresholds: Tensor, ws: Workspace) -> Tensor:
     Any map from values to cells that never decreases gives exact answers: thresholds in lower
     cells are below the entry and those in higher cells above it, so an entry starts at the
     number of thresholds in lower cells and steps over the ones in its own cell that are below
-    it. Cells are 16 per threshold, so a cell rarely holds more than a few.
+    it. Every entry takes one step, which is exact in a cell with at most one threshold; the
+    few entries whose next threshold is still below them (crowded cells) step on by themselves.
     """
     rows, width = thresholds.shape
     big = torch.finfo(thresholds.dtype).max
@@ -100,21 +101,26 @@ def _by_grid(values: Tensor, thresholds: Tensor, ws: Workspace) -> Tensor:
         torch.empty_like(thresholds),
         torch.empty(thresholds.shape, dtype=torch.long, device=thresholds.device),
     )
-    table = (rows, cells + 2)
-    per_cell = ws.get("per_cell", table, torch.long, thresholds.device).zero_()
-    per_cell.scatter_add_(1, thr_cell, torch.ones_like(thr_cell))
-    start = torch.cumsum(per_cell, 1, out=ws.get("start", table, torch.long, thresholds.device))
-    start.sub_(per_cell)
-    # An entry passes at most the thresholds below +inf in its cell (the sentinel included).
-    below = per_cell.zero_().scatter_add_(1, thr_cell, (thresholds < big).long())
-    steps = 1 + int(below.max())
+    # column c: the number of thresholds in cells below c
+    start = ws.get("start", (rows, cells + 3), torch.long, thresholds.device).zero_()
+    start[:, 1:].scatter_add_(1, thr_cell, torch.ones_like(thr_cell))
+    start.cumsum_(1)
     padded = torch.cat([thresholds, torch.full_like(thresholds[:, :1], float("inf"))], 1)
 
     scratch = ws.like("scratch", values)
     bucket = ws.like("bucket", values, torch.long)
     torch.gather(start, 1, cell(values, scratch, ws.like("cell", values, torch.long)), out=bucket)
-    above = ws.like("above", values, torch.bool)
-    for _ in range(steps):
-        torch.gather(padded, 1, bucket, out=scratch)
-        bucket.add_(torch.lt(scratch, values, out=above))
+    step = ws.like("cell", values, torch.long)
+    torch.gather(padded, 1, bucket, out=scratch)
+    bucket.add_(torch.lt(scratch, values, out=step))
+    # Done where the next threshold is not below the entry; the rest are in crowded cells.
+    torch.gather(padded, 1, bucket, out=scratch)
+    behind = torch.lt(scratch, values, out=ws.like("above", values, torch.bool))
+    flat, flat_values = bucket.view(-1), values.reshape(-1)
+    moving = torch.nonzero(behind.view(-1)).squeeze(1)
+    row = torch.div(moving, values.shape[1], rounding_mode="floor")
+    while moving.numel():
+        flat[moving] += 1
+        more = padded[row, flat[moving]] < flat_values[moving]
+        moving, row = moving[more], row[more]
     return bucket

@@ -122,11 +122,12 @@ def triplet_loss(
     check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
     labels = check_batch(embeddings, labels)
     x = _as_float(embeddings)
-    with torch.no_grad():
-        dist = pairwise_distances(x.detach(), distance=distance)
-        structure = label_groups(labels)
     options = _Options(margin, mining, offset, fallback, distance, soft, reduction)
-    loss, stats = _loss(x, None, dist, structure, options)
+    with _full_precision(x):
+        with torch.no_grad():
+            dist = pairwise_distances(x.detach(), distance=distance)
+            structure = label_groups(labels)
+        loss, stats = _loss(x, None, dist, structure, options)
     return loss.to(embeddings.dtype), stats
 
 
@@ -177,11 +178,12 @@ def relevance_triplet_loss(
             f"{len(documents)}), got {shape}"
         )
     q, d = _as_float(queries), _as_float(documents)
-    with torch.no_grad():
-        dist = pairwise_distances(q.detach(), d.detach(), distance=distance)
-        structure = Relevance.from_mask(relevant.to(q.device))
     options = _Options(margin, mining, offset, fallback, distance, soft, reduction)
-    loss, stats = _loss(q, d, dist, structure, options)
+    with _full_precision(q):
+        with torch.no_grad():
+            dist = pairwise_distances(q.detach(), d.detach(), distance=distance)
+            structure = Relevance.from_mask(relevant.to(q.device))
+        loss, stats = _loss(q, d, dist, structure, options)
     return loss.to(queries.dtype), stats
 
 
@@ -201,10 +203,19 @@ def _as_float(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def _full_precision(x: Tensor) -> torch.autocast:
+    """Autocast off: under mixed precision the distances would be bfloat16 (about 0.016 apart
+    near 2), too coarse to tell a semi-hard negative from a hard one at margin 0.2."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _loss(
     x: Tensor, y: Tensor | None, dist: Tensor, structure: Groups | Relevance, o: _Options
 ) -> tuple[Tensor, TripletStats]:
     """The loss over the distance matrix ``dist`` between ``x`` and ``y`` (x itself if None)."""
+    # Batch-all's negative weights take the distance matrix's memory where the gradient does
+    # not need the distances again (the euclidean chain rule does).
+    in_place = o.mining == "all" and not o.soft and o.distance != "euclidean"
     with torch.no_grad():
         found = scan(
             dist,
@@ -214,6 +225,7 @@ def _loss(
             offset=o.offset,
             fallback=o.fallback,
             hinge=not o.soft,
+            weights_out=dist if in_place else None,
         )
         if o.mining == "all":
             terms = (
@@ -225,7 +237,10 @@ def _loss(
     if terms.selected == 0 or divisor == 0:
         loss = x.sum() * 0.0 + (0.0 if y is None else y.sum() * 0.0)
     else:
-        surrogate = distance_gradient_surrogate(x, o.distance, terms.pairs, terms.dense, y)
+        # the distance matrix is spent: its memory takes the gradient's weights
+        surrogate = distance_gradient_surrogate(
+            x, o.distance, terms.pairs, terms.dense, y, scratch=None if in_place else dist
+        )
         loss = (terms.value.to(x.dtype) + surrogate - surrogate.detach()) / divisor
     return loss, _stats(found, terms)
 
@@ -337,7 +352,7 @@ def _all_terms(dist: Tensor, found: Scan, margin: float) -> _Terms:
         int(found.valid_triplets),
         int(count.sum()),
         pairs,
-        dense=(found.neg_weight.neg_(), dist),
+        dense=(found.neg_weight.neg_(), dist),  # dist is read for "euclidean" only
     )
 
 

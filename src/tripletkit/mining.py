@@ -240,11 +240,12 @@ def scan(
     offset: float = 0.0,
     fallback: str = "skip",
     hinge: bool = True,
+    weights_out: Tensor | None = None,
 ) -> Scan:
     """One chunked pass over ``distances`` that gathers what ``strategy`` and the statistics need.
 
     Args:
-        distances: (R, C) distances, no gradient; not modified.
+        distances: (R, C) distances, no gradient; not modified (unless it is ``weights_out``).
         structure: positives and negatives of each row: :func:`label_groups` of (B,) labels
             for a square matrix, or a :class:`Relevance` for queries x documents.
         margin: the margin m of the statistics and of the "all" hinge sums.
@@ -252,6 +253,8 @@ def scan(
         offset: semi-hard offset t.
         fallback: semi-hard fallback.
         hinge: with "all", also compute hinge counts, sums and negative weights.
+        weights_out: (R, C) tensor to hold the negative weights, or None for a new one. It may
+            be ``distances`` itself: a chunk's rows are read before they are overwritten.
 
     Returns:
         A :class:`Scan`.
@@ -284,8 +287,10 @@ def scan(
         out.hinge_count = torch.zeros(n, slots, dtype=distances.dtype, device=device)
         out.hinge_sum = torch.zeros(n, slots, dtype=distances.dtype, device=device)
         # every row is written by its chunk, unless no example has a positive at all
-        alloc = torch.empty if slots else torch.zeros
-        out.neg_weight = alloc(n, n_cols, dtype=distances.dtype, device=device)
+        if weights_out is None or not slots:  # without positives no chunk writes its rows
+            alloc = torch.empty if slots else torch.zeros
+            weights_out = alloc(n, n_cols, dtype=distances.dtype, device=device)
+        out.neg_weight = weights_out
     if semi:
         out.chosen = torch.full((n, slots), -1, dtype=torch.long, device=device)
     if semi and fallback == "easiest":
@@ -293,7 +298,7 @@ def scan(
     if n == 0:
         return out
     blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
-    ws = Workspace()
+    ws = _WS
     for rows in chunk_rows(n, max(n_cols, blocks * slots + 2)):
         _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, ws)
     return out
@@ -338,14 +343,14 @@ def _scan_chunk(
             semi_block = len(blocks)
             blocks.append(d_ap + offset)
     slots = d_ap.shape[1]
-    sentinel = torch.full_like(d_ap[:, :1], torch.finfo(chunk.dtype).max)
-    thresholds = torch.cat([torch.where(pos_valid, b, inf_slots) for b in blocks] + [sentinel], 1)
+    thresholds = torch.cat([torch.where(pos_valid, b, inf_slots) for b in blocks], 1)
     sorted_thr, perm = thresholds.sort(dim=1, stable=True)
     where = torch.empty_like(perm)  # where[:, c] = sorted position of threshold column c
     where.scatter_(1, perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm))
 
     # bucket[a, n] = #{thresholds < D[a,n]}; D[a,n] <= sorted_thr[a, j]  <=>  bucket <= j.
-    # Masked (infinite) entries land in a bucket of their own, past every finite threshold.
+    # Masked (infinite) entries land past every finite threshold, where no finite threshold's
+    # count, sum or minimum reads them.
     bucket = bucketize(chunk, sorted_thr, ws)
     width = sorted_thr.shape[1] + 1
     ones = torch.ones((), dtype=chunk.dtype, device=chunk.device).expand_as(chunk)
@@ -375,7 +380,7 @@ def masked_rows(
         over the rows' negatives.
     """
     source = distances[rows]
-    chunk = ws.like("rows", source).copy_(source)
+    chunk = torch.add(source, 0.0, out=ws.like("rows", source))  # -0.0 becomes +0.0
     index = torch.arange(rows.start, rows.stop, device=distances.device)
     pos, pos_valid = groups.positive_slots(index)
     d_ap = chunk.gather(1, pos)
@@ -431,6 +436,9 @@ def _semi_hard_choice(
     """Per pair: the closest negative in buckets ``above`` and higher (strictly above the
     pair's semi-hard threshold)."""
     assert out.chosen is not None
+    if chunk.dtype == torch.float32:
+        _semi_hard_choice_packed(chunk, bucket, rows, out, above, valid, width, ws)
+        return
     n_rows, n_cols = chunk.shape
     low = torch.full((n_rows, width), float("inf"), dtype=chunk.dtype, device=chunk.device)
     low.scatter_reduce_(1, bucket, chunk, "amin")
@@ -451,6 +459,33 @@ def _semi_hard_choice(
     found = torch.isfinite(suffix.gather(1, above)) & valid
     pick = low_col.gather(1, arg.gather(1, above))
     out.chosen[rows] = torch.where(found, pick, -1)
+
+
+def _semi_hard_choice_packed(
+    chunk: Tensor,
+    bucket: Tensor,
+    rows: slice,
+    out: Scan,
+    above: Tensor,
+    valid: Tensor,
+    width: int,
+    ws: Workspace,
+) -> None:
+    """:func:`_semi_hard_choice` for float32 in one reduction: the value's bits (made to order
+    as integers) in the high half of an int64 and the column in the low half, so the minimum
+    key per bucket is the closest negative with the smallest column among ties."""
+    assert out.chosen is not None
+    n_rows, n_cols = chunk.shape
+    key = ws.like("key", chunk, torch.int64).copy_(chunk.view(torch.int32))  # sign-extended
+    if bool(chunk.amin() < 0):  # negative floats order backwards as integers
+        key.bitwise_xor_(torch.bitwise_right_shift(key, 31).bitwise_and_(0x7FFFFFFF))
+    key.bitwise_left_shift_(32).bitwise_or_(torch.arange(n_cols, device=chunk.device))
+    low = torch.full((n_rows, width), torch.iinfo(torch.int64).max, device=chunk.device)
+    low.scatter_reduce_(1, bucket, key, "amin")
+    # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
+    suffix = torch.cummin(low.flip(1), 1).values.flip(1).gather(1, above)
+    found = (suffix < (0x7F800000 << 32)) & valid  # a finite value, not +inf or empty
+    out.chosen[rows] = torch.where(found, suffix & 0xFFFFFFFF, -1)
 
 
 def check_mining_options(strategy: str, offset: float, fallback: str) -> None:
@@ -546,3 +581,6 @@ def mine(
             distances, structure, margin=0.0, strategy=strategy, offset=offset, fallback=fallback
         )
         return select(result, strategy, fallback)
+
+
+_WS = Workspace()
