@@ -183,6 +183,19 @@ def test_autocast_does_not_coarsen_the_mining(mining):
     torch.testing.assert_close(grad1, grad0)
 
 
+def test_threads_do_not_share_buffers():
+    """The miner keeps its chunk buffers between calls, one set per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(120, 8, generator=gen), torch.randint(0, 6, (120,))) for _ in range(6)]
+    alone = [triplet_loss(x, y)[0] for x, y in batches]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda b: triplet_loss(*b)[0], batches * 4))
+    for i, loss in enumerate(together):
+        assert torch.equal(loss, alone[i % len(batches)]), i
+
+
 def test_labels_may_be_a_list_or_numpy_array():
     x = torch.randn(6, 2)
     want = triplet_loss(x, torch.tensor([0, 0, 1, 1, 2, 2]))[0]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._bucketing import Workspace
+from ._bucketing import shared_workspace
 from .distances import check_distance, distance_gradient_surrogate, pairwise_distances
 from .mining import (
     Groups,
@@ -362,7 +362,7 @@ def _soft_all_terms(dist: Tensor, groups: Groups | Relevance) -> _Terms:
     value = torch.zeros((), dtype=torch.float64, device=dist.device)
     neg_weight = torch.zeros_like(dist)
     anchors, positives, weights, d_aps = [], [], [], []
-    ws = Workspace()
+    ws = shared_workspace()
     for rows in chunk_rows(n, dist.shape[1]):
         chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows, ws)
         pos_weight = torch.zeros_like(d_ap)

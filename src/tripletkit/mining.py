@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._bucketing import Workspace, bucketize
+from ._bucketing import Workspace, bucketize, shared_workspace
 
 STRATEGIES = ("all", "hard", "semi-hard")
 FALLBACKS = ("skip", "hardest", "easiest")
@@ -298,7 +298,7 @@ def scan(
     if n == 0:
         return out
     blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
-    ws = _WS
+    ws = shared_workspace()
     for rows in chunk_rows(n, max(n_cols, blocks * slots + 2)):
         _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, ws)
     return out
@@ -583,4 +583,3 @@ def mine(
         return select(result, strategy, fallback)
 
 
-_WS = Workspace()
