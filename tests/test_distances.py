@@ -125,6 +125,17 @@ def test_surrogate_gradient_between_two_sets(distance, dense_part, with_scratch,
     torch.testing.assert_close(od.grad, rd.grad)
 
 
+@pytest.mark.parametrize("n", [1, 5, 255, 256, 257, 600])
+@pytest.mark.parametrize("block", [7, 256])
+def test_add_transpose_in_place(n, block):
+    from tripletkit.distances import _add_transpose_
+
+    m = torch.randn(n, n, generator=torch.Generator().manual_seed(n))
+    want = m + m.T
+    assert _add_transpose_(m, block) is m
+    assert torch.equal(m, want)
+
+
 def test_unknown_distance_is_an_error():
     with pytest.raises(ValueError, match="distance"):
         pairwise_distances(torch.zeros(2, 2), distance="manhattan")

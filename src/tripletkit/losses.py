@@ -352,7 +352,7 @@ def _all_terms(dist: Tensor, found: Scan, margin: float) -> _Terms:
         int(found.valid_triplets),
         int(count.sum()),
         pairs,
-        dense=(found.neg_weight.neg_(), dist),  # dist is read for "euclidean" only
+        dense=(found.neg_weight, dist),  # dist is read for "euclidean" only
     )
 
 

@@ -206,7 +206,8 @@ class Scan:
         n_ap, n_an: counts of those pairs.
         hinge_count: (B, S) #{n: D[a,n] < D[a,p] + margin} ("all" only).
         hinge_sum: (B, S) sum of those D[a,n] ("all" only).
-        neg_weight: (B, B) #{p: D[a,n] < D[a,p] + margin}, 0 off the negatives ("all" only).
+        neg_weight: (B, B) -#{p: D[a,n] < D[a,p] + margin}, 0 off the negatives ("all" only;
+            negated, as the loss's gradient weighs the negatives).
         chosen: (B, S) chosen negative of each pair, -1 if none ("semi-hard" only).
         closest: (B,) closest negative of each anchor, -1 if none.
         farthest: (B,) farthest negative of each anchor, -1 if none (fallback "easiest" only).
@@ -389,8 +390,10 @@ def masked_rows(
 
 
 def chunk_rows(n: int, width: int) -> list[slice]:
-    """Consecutive row ranges of about ``_CHUNK_ELEMENTS / width`` rows each."""
-    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    """Consecutive row ranges of about ``_CHUNK_ELEMENTS / width`` rows each, of equal size
+    (a small last chunk would pay every per-chunk cost for little work)."""
+    count = max(1, -(-n * max(width, 1) // _CHUNK_ELEMENTS))
+    step = max(1, -(-n // count))
     return [slice(b, min(n, b + step)) for b in range(0, n, step)]
 
 
@@ -414,13 +417,13 @@ def _hinge_sums(
     below_sum = sums.scatter_add_(1, bucket, chunk).cumsum(1).gather(1, where)
     out.hinge_count[rows] = torch.where(valid, at_most[:, cols], 0.0)
     out.hinge_sum[rows] = torch.where(valid, below_sum[:, cols], 0.0)
-    # weight of negative n = #{valid hinge thresholds >= its bucket} = total - #{those before}.
+    # weight of negative n = -#{valid hinge thresholds >= its bucket} = #{those before} - total.
     is_hinge = torch.zeros_like(at_most)
     is_hinge[:, cols] = valid.to(chunk.dtype)
     before = torch.cat([torch.zeros_like(is_hinge[:, :1]), is_hinge.gather(1, perm).cumsum(1)], 1)
     total = is_hinge.sum(1, keepdim=True)
     seen = torch.gather(before, 1, bucket, out=ws.like("scratch", chunk))
-    torch.sub(total, seen, out=out.neg_weight[rows])
+    torch.sub(seen, total, out=out.neg_weight[rows])
 
 
 def _semi_hard_choice(
@@ -581,5 +584,3 @@ def mine(
             distances, structure, margin=0.0, strategy=strategy, offset=offset, fallback=fallback
         )
         return select(result, strategy, fallback)
-
-
