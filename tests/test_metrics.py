@@ -107,3 +107,12 @@ def test_mrr_at_10_ignores_hits_below_rank_10_and_missing_queries_score_zero():
 def test_trec_run_format():
     text = metrics.trec_run({"q1": {"a": 0.5, "b": 0.9}}, "tag")
     assert text.splitlines() == ["q1 Q0 b 1 0.900000 tag", "q1 Q0 a 2 0.500000 tag"]
+
+
+def test_training_curves_are_trailing_means_from_the_first_step():
+    from tripletkit.report import _smooth
+
+    values = [4.0, 2.0, 6.0, 0.0, 8.0]
+    want = [4.0, 3.0, 4.0, 8 / 3, 14 / 3]  # means of the last (up to) 3 values
+    np.testing.assert_allclose(_smooth(values, width=3), want)
+    assert _smooth([], width=3).shape == (0,)

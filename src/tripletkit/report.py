@@ -188,12 +188,13 @@ def cluster_montage(
 
 
 def _smooth(values: Sequence[float], width: int = 25) -> np.ndarray:
+    """Trailing mean over the last ``width`` values (fewer at the start, so the first steps
+    show their own values rather than a flat line)."""
     v = np.asarray(values, dtype=float)
-    if len(v) < width:
-        return v
-    kernel = np.ones(width) / width
-    head = np.convolve(v, kernel, mode="valid")
-    return np.concatenate([np.full(width - 1, head[0]), head])
+    total = np.concatenate([[0.0], np.cumsum(v)])
+    end = np.arange(1, len(v) + 1)
+    start = np.maximum(0, end - width)
+    return (total[end] - total[start]) / (end - start)
 
 
 def faces_report(
