@@ -13,8 +13,9 @@ gradient is zero.
 The loss never builds a (B, B, B) tensor or a list of all triplets: selection runs without
 gradient on the distance matrix (see :mod:`tripletkit.mining`), and since the loss is a weighted
 sum of distances, its gradient flows back through
-:func:`tripletkit.distances.distance_gradient_surrogate` with at most one (B, B) x (B, d)
-product. Memory is O(B^2) for every strategy.
+:func:`tripletkit.distances.distance_gradient_surrogate`: row gathers for few pairs, else one
+(B, B) x (B, d) product in the backward (two for queries x documents). Memory is O(B^2) for
+every strategy, and the distance matrix's own buffer is reused for the gradient's weights.
 """
 
 from __future__ import annotations
