@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tripletkit._io import write_text
 from tripletkit.index import Index, default_nlist, training_sample
 
 KINDS = {
@@ -321,9 +322,7 @@ def main() -> None:
     }
     text = table(results, args, params)
     if args.out:
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as f:
-            f.write(text)
-        os.replace(f.name, args.out)
+        write_text(args.out, text)
     print(text)
 
 

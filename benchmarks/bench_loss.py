@@ -19,11 +19,12 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tripletkit._io import write_text
 
 SIZES = {128: (32, 4), 512: (128, 4), 1800: (45, 40), 4096: (1024, 4), 8192: (2048, 4)}
 DIM = 128
@@ -318,9 +319,7 @@ def main() -> None:
             results[method][size] = _combine(cells)
     report = render(results, sizes)
     if args.out:
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as tmp:
-            tmp.write(report)
-        os.replace(tmp.name, args.out)
+        write_text(args.out, report)
         print(f"wrote {args.out}")
     else:
         print(report)

@@ -15,11 +15,12 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from tripletkit._io import write_text
 
 CACHE = Path("runs/bench-mining")
 SETTINGS = {"num_negatives": 1, "range_max": 50, "relative_margin": 0.05}
@@ -237,9 +238,7 @@ def main() -> None:
             lines.append(f"| {label} | failed: {cell} | | |")
     text = "\n".join(lines) + "\n"
     if args.out:
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, args.out)
+        write_text(args.out, text)
     print(text)
 
 

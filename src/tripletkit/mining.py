@@ -367,7 +367,9 @@ def _scan_chunk(
         _hinge_sums(chunk, bucket, rows, out, at_most, where, perm, valid, cols, ws)
     if semi:
         above = where[:, semi_block * slots : (semi_block + 1) * slots] + 1
-        _semi_hard_choice(chunk, bucket, rows, out, above, valid, width, ws)
+        assert out.chosen is not None
+        found, pick = _closest_above(chunk, bucket, above, width, ws)
+        out.chosen[rows] = torch.where(found & valid, pick, -1)
 
 
 def masked_rows(
@@ -426,22 +428,14 @@ def _hinge_sums(
     torch.sub(seen, total, out=out.neg_weight[rows])
 
 
-def _semi_hard_choice(
-    chunk: Tensor,
-    bucket: Tensor,
-    rows: slice,
-    out: Scan,
-    above: Tensor,
-    valid: Tensor,
-    width: int,
-    ws: Workspace,
-) -> None:
+def _closest_above(
+    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, ws: Workspace
+) -> tuple[Tensor, Tensor]:
     """Per pair: the closest negative in buckets ``above`` and higher (strictly above the
-    pair's semi-hard threshold)."""
-    assert out.chosen is not None
+    pair's semi-hard threshold), ties to the smallest column. Returns whether one exists and
+    its column."""
     if chunk.dtype == torch.float32:
-        _semi_hard_choice_packed(chunk, bucket, rows, out, above, valid, width, ws)
-        return
+        return _closest_above_packed(chunk, bucket, above, width, ws)
     n_rows, n_cols = chunk.shape
     low = torch.full((n_rows, width), float("inf"), dtype=chunk.dtype, device=chunk.device)
     low.scatter_reduce_(1, bucket, chunk, "amin")
@@ -459,25 +453,15 @@ def _semi_hard_choice(
     # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
     suffix, arg = torch.cummin(low.flip(1), 1)
     suffix, arg = suffix.flip(1), (width - 1 - arg).flip(1)
-    found = torch.isfinite(suffix.gather(1, above)) & valid
-    pick = low_col.gather(1, arg.gather(1, above))
-    out.chosen[rows] = torch.where(found, pick, -1)
+    return torch.isfinite(suffix.gather(1, above)), low_col.gather(1, arg.gather(1, above))
 
 
-def _semi_hard_choice_packed(
-    chunk: Tensor,
-    bucket: Tensor,
-    rows: slice,
-    out: Scan,
-    above: Tensor,
-    valid: Tensor,
-    width: int,
-    ws: Workspace,
-) -> None:
-    """:func:`_semi_hard_choice` for float32 in one reduction: the value's bits (made to order
-    as integers) in the high half of an int64 and the column in the low half, so the minimum
-    key per bucket is the closest negative with the smallest column among ties."""
-    assert out.chosen is not None
+def _closest_above_packed(
+    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, ws: Workspace
+) -> tuple[Tensor, Tensor]:
+    """:func:`_closest_above` for float32 in one reduction: the value's bits (made to order as
+    integers) in the high half of an int64 and the column in the low half, so the minimum key
+    per bucket is the closest negative with the smallest column among ties."""
     n_rows, n_cols = chunk.shape
     key = ws.like("key", chunk, torch.int64).copy_(chunk.view(torch.int32))  # sign-extended
     if bool(chunk.amin() < 0):  # negative floats order backwards as integers
@@ -487,8 +471,7 @@ def _semi_hard_choice_packed(
     low.scatter_reduce_(1, bucket, key, "amin")
     # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
     suffix = torch.cummin(low.flip(1), 1).values.flip(1).gather(1, above)
-    found = (suffix < (0x7F800000 << 32)) & valid  # a finite value, not +inf or empty
-    out.chosen[rows] = torch.where(found, suffix & 0xFFFFFFFF, -1)
+    return suffix < (0x7F800000 << 32), suffix & 0xFFFFFFFF  # a finite value: not +inf, not empty
 
 
 def check_mining_options(strategy: str, offset: float, fallback: str) -> None:
