@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[faces,search,dev]'
+	$(BIN)/python -m pip install -q -e '.[faces,search,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
