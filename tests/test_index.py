@@ -191,3 +191,67 @@ def test_training_sample_is_seeded_rows_of_the_vectors(vectors):
     np.testing.assert_array_equal(sample, training_sample(docs, 4, seed=1, per_list=10))
     assert {tuple(r) for r in sample} <= {tuple(r) for r in docs}
     assert len(training_sample(docs, 1000)) == len(docs)  # capped at N
+
+
+def small_on_disk(docs, folder, ids=None, extra=None):
+    ids = ids or [str(i) for i in range(len(docs))]
+    options = {"extra": extra} if extra else {}
+    return Index.build_on_disk(
+        chunked(docs, 1000), ids, folder, trained_on=docs[:400], nlist=4, pq_m=4, **options
+    )
+
+
+def test_on_disk_index_republished_in_place_loads_and_keeps_its_extra_files(vectors, tmp_path):
+    docs, queries = vectors
+    folder = tmp_path / "idx"
+    first = small_on_disk(docs, folder, extra={"encoder.json": '{"v": 1}'})
+    expected = first.search(queries, 5)[1]
+    for version in range(2, 5):  # the folder moves into place each time: lists found there
+        small_on_disk(docs, folder, extra={"encoder.json": f'{{"v": {version}}}'})
+        again = Index.load(folder)
+        np.testing.assert_array_equal(again.search(queries, 5)[1], expected)
+        assert (folder / "encoder.json").read_text() == f'{{"v": {version}}}'
+    # an index loaded before its folder was replaced (and the old one removed) still searches
+    np.testing.assert_array_equal(first.search(queries, 5)[1], expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "encoder.json",
+        "index.faiss",
+        "lists.ivfdata",
+        "meta.json",
+    ]
+    with pytest.raises(ValueError, match="extra file name 'meta.json'"):
+        small_on_disk(docs, folder, extra={"meta.json": "{}"})
+    assert Index.load(folder).ids == first.ids
+
+
+def test_saving_an_on_disk_index_after_its_folder_was_replaced_copies_its_own_lists(
+    vectors, tmp_path
+):
+    docs, queries = vectors
+    first = small_on_disk(docs, tmp_path / "idx")
+    expected = first.search_ids(queries, 5)
+    small_on_disk(docs[::-1].copy(), tmp_path / "idx", ids=[f"r{i}" for i in range(len(docs))])
+    first.save(tmp_path / "copy")
+    assert Index.load(tmp_path / "copy").search_ids(queries, 5) == expected
+
+
+def test_load_reads_again_when_the_folder_is_replaced_while_it_reads(
+    vectors, tmp_path, monkeypatch
+):
+    from tripletkit import index as index_module
+
+    docs, queries = vectors
+    old = Index.build(docs[:100], [f"old{i}" for i in range(100)])
+    new = Index.build(docs[100:150], [f"new{i}" for i in range(50)])
+    old.save(tmp_path / "idx")
+    read = index_module._read
+
+    def read_then_replace(folder):
+        result = read(folder)
+        if result[1][0] == "old0":
+            new.save(tmp_path / "idx")  # replaced after the files of the old one were read
+        return result
+
+    monkeypatch.setattr(index_module, "_read", read_then_replace)
+    assert Index.load(tmp_path / "idx").ids == new.ids

@@ -12,16 +12,14 @@ larger than memory.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._io import atomic_folder
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 QUANTIZERS = ("flat", "hnsw")
@@ -160,28 +158,6 @@ def _add_on_disk(index: Any, chunks: Iterable[np.ndarray], n_ids: int, folder: P
     growing_path.unlink()
 
 
-@contextmanager
-def _atomic_folder(folder: Path) -> Iterator[Path]:
-    """A temporary folder beside ``folder`` to write into: renamed into place (replacing an old
-    ``folder``) when the block succeeds, removed when it fails, so a reader never sees half a
-    folder."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        yield tmp
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 @dataclass
 class Index:
     """Search ``vectors`` by inner product; results come back as document ids.
@@ -276,6 +252,7 @@ class Index:
         quantizer: str = "flat",
         hnsw_m: int = 32,
         ef_search: int = 128,
+        extra: dict[str, str] | None = None,
     ) -> Index:
         """Build an IVF-PQ in ``folder`` whose inverted lists stay on disk, for corpora larger
         than memory, and return it loaded from there.
@@ -285,14 +262,16 @@ class Index:
         concatenation is document ``ids[j]``. The codes (pq_m bytes and an 8-byte row number
         per vector at 8 bits) go to FAISS ``OnDiskInvertedLists`` in ``folder/lists.ivfdata``,
         so memory holds about one chunk, the coarse quantizer and the PQ codebooks (plus
-        ``ids`` and ``trained_on``). The folder is written like :meth:`save` (a temporary folder
-        renamed into place; nothing is left behind on failure), and :meth:`load` memory-maps the
-        lists. Given ``training_sample(vectors, nlist, seed)`` and the same options, the result
-        equals ``Index.build(vectors, ids, "ivfpq", ...)``.
+        ``ids`` and ``trained_on``). The folder is written like :meth:`save` (a temporary
+        folder swapped into place, ``extra`` files included; nothing is left behind on
+        failure), and :meth:`load` memory-maps the lists. Given
+        ``training_sample(vectors, nlist, seed)`` and the same options, the result equals
+        ``Index.build(vectors, ids, "ivfpq", ...)``.
 
         Args:
             nlist: IVF lists (default from len(ids), see :func:`default_nlist`).
             pq_bits: bits per PQ sub-quantiser (default 8, fewer when ``trained_on`` is small).
+            extra: further files (name -> text) published in the folder with the index.
             Others: as in :meth:`build`.
 
         Raises:
@@ -300,7 +279,6 @@ class Index:
                 S >= nlist, a chunk not (n_i, d), or chunks holding more or fewer vectors than
                 ``ids``.
         """
-        faiss = _faiss()
         train = np.ascontiguousarray(trained_on, dtype=np.float32)
         nlist = nlist or default_nlist(len(ids))
         if train.ndim != 2 or len(train) < nlist:
@@ -319,14 +297,10 @@ class Index:
         ) | {"on_disk": 1}
         index = _trained_ivfpq(train, params)
         _set_search_params(index, "ivfpq", params)
-        folder = Path(folder)
-        with _atomic_folder(folder) as tmp:
+        with atomic_folder(folder) as tmp:
             _add_on_disk(index, chunks, len(ids), tmp)
-            faiss.write_index(index, str(tmp / "index.faiss"))
-            (tmp / "meta.json").write_text(
-                json.dumps({"kind": "ivfpq", "params": params, "ids": list(ids)})
-            )
-            del index  # unmaps the lists before the rename
+            _write_files(tmp, index, {"kind": "ivfpq", "params": params, "ids": list(ids)}, extra)
+            del index  # unmaps the lists before the folder moves
         return cls.load(folder)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -345,44 +319,75 @@ class Index:
 
     def save(self, folder: str | Path, extra: dict[str, str] | None = None) -> Path:
         """Write ``index.faiss``, ``meta.json`` and the ``extra`` files (name -> text) to a
-        temporary folder and rename it into place, so a reader never sees half an index. An
-        index with its lists on disk copies its ``lists.ivfdata`` too."""
-        faiss = _faiss()
-        folder = Path(folder)
-        with _atomic_folder(folder) as tmp:
+        temporary folder and swap it into place (:func:`tripletkit._io.atomic_folder`), so a
+        reader finds the complete old or the complete new index, never half of one. An index
+        with its lists on disk copies its ``lists.ivfdata`` too (from its memory map, which
+        stays the lists it was loaded with even when its folder has been replaced since)."""
+        with atomic_folder(folder) as tmp:
             if self.params.get("on_disk"):
-                lists = faiss.downcast_InvertedLists(self.faiss_index.invlists)
-                shutil.copyfile(lists.filename, tmp / LISTS_FILE)
-            faiss.write_index(self.faiss_index, str(tmp / "index.faiss"))
+                lists = _faiss().downcast_InvertedLists(self.faiss_index.invlists)
+                _faiss().rev_swig_ptr(lists.ptr, lists.totsize).tofile(tmp / LISTS_FILE)
             meta = {"kind": self.kind, "params": self.params, "ids": self.ids}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            for name, text in (extra or {}).items():
-                (tmp / name).write_text(text)
-        return folder
+            _write_files(tmp, self.faiss_index, meta, extra)
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> Index:
         """An index written by :meth:`save` or :meth:`build_on_disk` (whose lists are then
-        memory-mapped from ``lists.ivfdata``, not read into memory).
+        memory-mapped from ``lists.ivfdata``, not read into memory). Its files come from one
+        version of the folder: when the folder is replaced while they are read, they are read
+        again.
 
         Raises:
             ValueError: naming the folder when a file is missing or does not match.
         """
-        faiss = _faiss()
         folder = Path(folder).resolve()
-        meta_path, index_path = folder / "meta.json", folder / "index.faiss"
-        if not meta_path.is_file() or not index_path.is_file():
-            raise ValueError(f"no index in {folder} (expected index.faiss and meta.json)")
-        meta = json.loads(meta_path.read_text())
-        flags = 0
-        if meta["params"].get("on_disk"):
-            if not (folder / LISTS_FILE).is_file():
-                raise ValueError(f"{folder}: the index keeps its lists in {LISTS_FILE}, missing")
-            flags = faiss.IO_FLAG_ONDISK_SAME_DIR
-        index = faiss.read_index(str(index_path), flags)
-        if index.ntotal != len(meta["ids"]):
-            raise ValueError(
-                f"{folder}: index has {index.ntotal} vectors but {len(meta['ids'])} ids"
-            )
-        _set_search_params(index, meta["kind"], meta["params"])
-        return cls(index, meta["ids"], meta["kind"], meta["params"])
+        for _ in range(_LOAD_TRIES - 1):
+            before = _identity(folder)
+            index = _read(folder)
+            if _identity(folder) == before:
+                break
+        else:
+            index = _read(folder)  # replaced on every try: a last one, whatever comes
+        return cls(*index)
+
+
+_LOAD_TRIES = 5
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``: another value once it has been replaced."""
+    try:
+        stat = folder.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _write_files(tmp: Path, index: Any, meta: dict[str, Any], extra: dict[str, str] | None) -> None:
+    """``index.faiss``, ``meta.json`` and the ``extra`` files (name -> text) into ``tmp``."""
+    _faiss().write_index(index, str(tmp / "index.faiss"))
+    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    for name, text in (extra or {}).items():
+        if Path(name).name != name or name in ("index.faiss", "meta.json", LISTS_FILE):
+            raise ValueError(f"extra file name {name!r} must be a plain name, not an index file")
+        (tmp / name).write_text(text, encoding="utf-8")
+
+
+def _read(folder: Path) -> tuple[Any, list[str], str, dict[str, Any]]:
+    """(FAISS index, ids, kind, params) from the files of ``folder``."""
+    faiss = _faiss()
+    meta_path, index_path = folder / "meta.json", folder / "index.faiss"
+    if not meta_path.is_file() or not index_path.is_file():
+        raise ValueError(f"no index in {folder} (expected index.faiss and meta.json)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    flags = 0
+    if meta["params"].get("on_disk"):
+        if not (folder / LISTS_FILE).is_file():
+            raise ValueError(f"{folder}: the index keeps its lists in {LISTS_FILE}, missing")
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR
+    index = faiss.read_index(str(index_path), flags)
+    if index.ntotal != len(meta["ids"]):
+        raise ValueError(f"{folder}: index has {index.ntotal} vectors but {len(meta['ids'])} ids")
+    _set_search_params(index, meta["kind"], meta["params"])
+    return index, meta["ids"], meta["kind"], meta["params"]

@@ -3,10 +3,12 @@
 Per step: a P x K batch from the source, embeddings, the curriculum's offset (and margin), the
 loss, an optimiser step and a learning-rate schedule step; a JSONL log line with the loss and
 the mining statistics; a progress bar. Per epoch: an atomic checkpoint (model, optimiser,
-scheduler, sampler and RNG state), so ``resume=True`` continues an interrupted run to the same
-weights as an uninterrupted one (on CPU). A warning when the embedding collapses (the mean
-negative distance falls below a tenth of its first value, as FaceNet warns hard negatives can
-cause).
+scheduler, sampler and RNG state, the batch source's own state when it has one, and the
+settings that shape training), so ``resume=True`` continues an interrupted run to the same
+weights as an uninterrupted one (on CPU), and refuses to continue it under other settings
+(another number of epochs, learning rate, batch shape, ...), which would mix two schedules.
+A warning when the embedding collapses (the mean negative distance falls below a tenth of its
+first value, as FaceNet warns hard negatives can cause).
 
 Under ``torchrun`` (see :mod:`tripletkit.distributed`) the model is wrapped in
 DistributedDataParallel, the source gathers the global batch, and only rank 0 writes the log and
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +42,9 @@ from .losses import TripletLoss, TripletStats
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "step")
+# TrainConfig keys that say where and how a run executes, not what it computes: a run may resume
+# with other values of these
+RUN_ONLY_KEYS = ("threads", "device", "backend", "timeout")
 
 
 class Sampler(Protocol):
@@ -54,7 +60,13 @@ class Sampler(Protocol):
 class BatchSource(Protocol):
     """What the loop needs from a task: a sampler, and the loss of a batch (under DDP, of the
     global batch: the source gathers the ranks' embeddings with
-    :func:`tripletkit.distributed.gather`)."""
+    :func:`tripletkit.distributed.gather`).
+
+    A source whose batches depend on state of its own (negatives mined again during training,
+    say) also has ``state_dict() -> object`` and ``load_state_dict(state)``: the loop saves the
+    first in every checkpoint (on rank 0, so it must not communicate) and restores it on resume
+    (on every rank). They are optional and not part of this protocol's checked surface.
+    """
 
     @property
     def sampler(self) -> Sampler: ...
@@ -94,6 +106,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int, nn.Module], None] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -104,14 +117,22 @@ def fit(
         cfg: optimiser, schedule, epochs, seed.
         out_dir: where ``checkpoint.pt`` and ``train_log.jsonl`` go.
         curriculum: builds the curriculum from the total number of steps (None: fixed options).
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists, provided it was written
+            with the same settings (see :func:`run_settings`).
         stop_after_epoch: stop after this epoch (0-based), as if interrupted; for tests.
         progress: show a progress bar.
         desc: the progress bar's label.
         on_step: called with (steps done, model) after every step (evaluation curves).
+        settings: further settings that shape training, beyond ``cfg`` (say the loss and model
+            config, as nested dicts of JSON values): recorded in the checkpoint and checked on
+            resume like ``cfg``.
 
     Returns:
         A :class:`TrainResult`.
+
+    Raises:
+        ValueError: on resume, when the checkpoint was written with other settings (naming
+            each one that differs, old -> new), or by another number of processes.
     """
     out = Path(out_dir)
     main = distributed.is_main()
@@ -132,14 +153,17 @@ def fit(
     schedule = curriculum(total) if curriculum else None
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    recorded = run_settings(cfg, steps_per_epoch, total, settings)
 
     start_epoch, step, first_d_an, collapsed = 0, 0, math.nan, False
     state = _load(checkpoint) if resume else None
     if state is not None:
+        check_settings(checkpoint, state, recorded)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         source.sampler.load_state_dict(state["sampler"])
+        _restore_source(checkpoint, source, state)
         torch.set_rng_state(state["rng"][distributed.rank()])
         start_epoch, step = state["epoch"] + 1, state["step"]
         first_d_an, collapsed = state["first_d_an"], state["collapsed"]
@@ -215,13 +239,107 @@ def fit(
                     "step": step,
                     "first_d_an": first_d_an,
                     "collapsed": collapsed,
+                    "config": recorded,
+                    "config_hash": settings_hash(recorded),
                 }
+                if _has_state(source):
+                    state["source"] = source.state_dict()  # type: ignore[attr-defined]
                 _save(checkpoint, state)
             if step >= total or (stop_after_epoch is not None and epoch >= stop_after_epoch):
                 break
     bar.close()
     model.eval()
     return TrainResult(steps=step, log=log_path, collapsed=collapsed)
+
+
+def run_settings(
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    total: int,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a checkpoint records of the run that wrote it, and what a resumed run must share:
+    ``cfg`` but for :data:`RUN_ONLY_KEYS` (under "train"), the batches per epoch and the total
+    steps (under "steps": they change with the data too), and ``settings``, as JSON values."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
+    recorded = {
+        "train": train,
+        "steps": {"per_epoch": steps_per_epoch, "total": total},
+        **(settings or {}),
+    }
+    return json.loads(json.dumps(recorded, default=str))
+
+
+def settings_hash(recorded: Mapping[str, Any]) -> str:
+    """SHA-256 (16 hex digits) of ``recorded`` as canonical JSON: equal for equal settings."""
+    text = json.dumps(recorded, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_settings(path: Path, state: Mapping[str, Any], recorded: Mapping[str, Any]) -> None:
+    """Refuse to resume the checkpoint ``state`` (read from ``path``) under other settings.
+
+    Raises:
+        ValueError: naming every setting that differs, as ``key old -> new``.
+    """
+    if "config" not in state:
+        warnings.warn(
+            f"{path} records no training settings (written by an older version): resuming "
+            "without checking that this run uses the same ones",
+            stacklevel=3,
+        )
+        return
+    if state.get("config_hash") == settings_hash(recorded):
+        return
+    old, new = _flatten(state["config"]), _flatten(recorded)
+    changes = [
+        f"{key} {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
+    ]
+    if not changes:
+        return
+    raise ValueError(
+        f"{path} was written by a run with other settings: {', '.join(changes)}. Resuming "
+        "would mix two training schedules: resume with the settings it was written with, or "
+        "train into a new folder (or without resume) to start again"
+    )
+
+
+_UNSET = object()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one dict with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _has_state(source: BatchSource) -> bool:
+    """Whether ``source`` has state of its own to checkpoint (``state_dict`` and
+    ``load_state_dict``)."""
+    return callable(getattr(source, "state_dict", None)) and callable(
+        getattr(source, "load_state_dict", None)
+    )
+
+
+def _restore_source(path: Path, source: BatchSource, state: Mapping[str, Any]) -> None:
+    """Give ``source`` its checkpointed state, warning when the checkpoint holds none."""
+    if not _has_state(source):
+        return
+    if "source" not in state:
+        warnings.warn(
+            f"{path} holds no state of the batch source (written by an older version): it "
+            "starts again from its first state",
+            stacklevel=3,
+        )
+        return
+    source.load_state_dict(state["source"])  # type: ignore[attr-defined]
 
 
 def training_device(cfg: TrainConfig) -> torch.device:

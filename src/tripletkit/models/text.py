@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
+
+from .._io import atomic_folder
 
 
 def default_model_path() -> Path:
@@ -84,16 +84,9 @@ def embed(model: Any, texts: list[str]) -> Tensor:
 
 
 def save_encoder(model: Any, folder: str | Path) -> Path:
-    """Save in sentence-transformers format to a temporary folder, then rename it into place."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    """Save in sentence-transformers format to a temporary folder, then swap it into place
+    (:func:`tripletkit._io.atomic_folder`): a reader finds the complete old or the complete new
+    model, and a failed save leaves the old one as it was."""
+    with atomic_folder(folder) as tmp:
         model.save(str(tmp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
