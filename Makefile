@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo ablation docs-orl docs-search search-demo search-ablation bench bench-mining clean
+.PHONY: install test test-photos lint demo ablation docs-orl docs-search search-demo search-ablation bench bench-mining clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -21,7 +21,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/mypy
 
-test: lint
+# The face_recognition 1.3.0 source distribution's test photos (obama, biden), from PyPI, once.
+test-photos: $(STAMP)
+	$(BIN)/python tests/photos.py
+
+test: lint test-photos
 	$(BIN)/pytest
 
 # The ORL experiment: 4 folds of 10 held-out people, baselines, runs/demo/report.md.
