@@ -181,13 +181,15 @@ def test_two_nodes_meet_through_c10d_rendezvous(tmp_path, faces):
     assert (tmp_path / "nodes" / "fold0" / "model.safetensors").is_file()
 
 
-def test_search_training_on_two_ranks(tmp_path):
+def test_search_training_with_remining_on_two_ranks(tmp_path):
     """Sharded corpus encoding for the miner, the gathered query x document batch, the dev
-    curve and the saved model, with 2 queries per rank."""
+    curve and the saved model, with 2 queries per rank; re-mining at step 2 encodes with the
+    model inside the DistributedDataParallel wrapper (which has no ``encode``), and the
+    re-mined negatives go into the checkpoint."""
     from search_fixtures import TINY_SEARCH, make_beir, tiny_encoder
 
     beir, encoder = make_beir(tmp_path / "beir"), tiny_encoder(tmp_path)
-    sets = [*TINY_SEARCH, "arms=[mined_filtered]", "eval_every=2"]
+    sets = [*TINY_SEARCH, "arms=[mined_filtered]", "eval_every=2", "negatives.remine_every=2"]
     ranks = run_ranks(search_training, 2, tmp_path, beir, encoder, tmp_path / "run", sets)
     assert ranks[1] == "done" and "error" not in ranks[0], ranks
     arm = tmp_path / "run" / "mined_filtered"
@@ -198,5 +200,14 @@ def test_search_training_on_two_ranks(tmp_path):
         3,
     ]
     assert (arm / "negatives.jsonl").is_file()
+    checkpoint = torch.load(arm / "checkpoint.pt", weights_only=False)
+    assert set(checkpoint["source"]["negatives"]) == set(search_queries(beir))
     base = load_encoder(encoder, 32).state_dict()
     assert any(not torch.equal(v, base[k]) for k, v in ranks[0].items())  # it trained
+
+
+def search_queries(beir: Path) -> list[str]:
+    """The training queries of the tiny BEIR set (those with a relevant document)."""
+    from tripletkit.data.text import load_beir
+
+    return [q for q, docs in load_beir(beir).split("train").items() if any(docs.values())]

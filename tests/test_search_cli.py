@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,86 @@ def test_remining_refreshes_negatives_every_n_steps(trained, monkeypatch):
     for step in range(5):
         batches.loss(Model(), Capture(), [0, 1], gen, step)
     assert len(calls) == 2 and batches.negatives[batches.qids[0]] == ["d11-0"]  # steps 2 and 4
+
+
+# ---- re-mined negatives survive resume (issue 10, item 10) ----------------------------------
+
+
+def test_search_batches_state_round_trip_and_bad_states(trained):
+    from tripletkit.config import load_config
+    from tripletkit.data.text import load_beir
+    from tripletkit.tasks import search
+
+    _, beir, _ = trained
+    data = load_beir(beir)
+    qrels = data.split("train")
+    cfg = load_config(None, ["train.batch_size=2"], task="search")
+    remined = search.SearchBatches(data, qrels, {"q0-0": ["d5-1", "d6-0"]}, cfg)
+    fresh = search.SearchBatches(data, qrels, {"q0-0": ["d1-1"]}, cfg)
+    fresh.load_state_dict(remined.state_dict())
+    assert fresh.negatives == {"q0-0": ["d5-1", "d6-0"]}
+    with pytest.raises(ValueError, match="needs 'negatives'"):
+        fresh.load_state_dict({"sampler": {}})
+    with pytest.raises(ValueError, match="query 'q0-0' name document 'gone'"):
+        fresh.load_state_dict({"negatives": {"q0-0": ["gone"]}})
+
+
+def test_a_resumed_run_continues_with_the_remined_negatives(tmp_path):
+    """Re-mining at step 3 of 4 per epoch: steps 4 and 5 use those negatives, in one run or
+    in a run stopped after epoch 0 and resumed (the source's state is in the checkpoint)."""
+    from tripletkit.config import load_config
+    from tripletkit.data.text import load_beir
+    from tripletkit.models.text import load_encoder
+    from tripletkit.tasks import search
+    from tripletkit.train import fit, loss_from_config
+
+    beir, encoder = make_beir(tmp_path / "beir"), tiny_encoder(tmp_path)
+    sets = [*TINY_SEARCH, "train.max_steps=0", "train.epochs=2", "negatives.remine_every=3"]
+    cfg = load_config(None, [f"model.path={encoder}", *sets], task="search")
+    data = load_beir(beir)
+    qrels = data.split("train")
+    # the rank window alone: the untrained tiny encoder scores every pair alike, so the margin
+    # filters would leave nothing
+    miner = search.mining_config(cfg, "mined_unfiltered")
+    assert miner is not None
+
+    def run(out, **kwargs):
+        model = load_encoder(encoder, 32)
+        torch.manual_seed(cfg.train.seed)
+        remine = search.remine_with(data, qrels, cfg, miner, False)
+        source = search.SearchBatches(data, qrels, {}, cfg, remine)  # no negatives at first
+        fit(model, loss_from_config(cfg.loss), source, cfg.train, out, progress=False, **kwargs)
+        return model.state_dict(), source.negatives
+
+    straight, negatives = run(tmp_path / "a")
+    assert sum(map(len, negatives.values())) > 0  # re-mining found negatives
+    run(tmp_path / "b", stop_after_epoch=0)
+    resumed, _ = run(tmp_path / "b", resume=True)
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+
+
+def test_index_on_disk_publishes_the_extra_files_with_the_index(trained, tmp_path, monkeypatch):
+    """encoder.json and titles.json are in the folder the moment it appears (issue 10, item
+    12): the folder is listed when the build loads the index it has just published."""
+    from tripletkit.config import load_config
+    from tripletkit.data.text import load_beir
+    from tripletkit.index import Index
+    from tripletkit.models.text import load_encoder
+    from tripletkit.tasks import search
+
+    _, beir, encoder = trained
+    seen = []
+    load = Index.load.__func__
+
+    def listing_load(cls, folder):
+        seen.append(sorted(p.name for p in Path(folder).iterdir()))
+        return load(cls, folder)
+
+    monkeypatch.setattr(Index, "load", classmethod(listing_load))
+    cfg = load_config(None, TINY_SEARCH, task="search")
+    extra = {"encoder.json": "{}", "titles.json": "{}"}
+    folder = tmp_path / "idx"
+    search.index_on_disk(load_encoder(encoder, 32), load_beir(beir), cfg, folder, extra, False)
+    assert seen and {"encoder.json", "titles.json", "index.faiss"} <= set(seen[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no scratch left

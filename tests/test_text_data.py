@@ -3,7 +3,7 @@ import json
 import pytest
 from search_fixtures import make_beir
 
-from tripletkit.data.text import build_wiki, load_beir, strip_title
+from tripletkit.data.text import Corpus, build_wiki, load_beir, strip_title, write_beir
 
 
 def test_round_trip(tmp_path):
@@ -43,13 +43,62 @@ def test_round_trip(tmp_path):
         ),
         ("qrels/test.tsv", "q0-0\td0-0\thigh\n", r"test.tsv:1: score must be an integer"),
         ("qrels/test.tsv", "q0-0 d0-0 1\n", r"test.tsv:1: expected query-id<TAB>corpus-id"),
+        # issue 10, property tests: damage that used to pass, or fail without file and line
+        (
+            "corpus.jsonl",
+            b'{"_id": "a", "text": "x"}\n{"_id": "b", "text": "caf\xe9"}\n',
+            r"corpus.jsonl:2: not valid UTF-8 \(byte 26 of the line\)",
+        ),
+        ("queries.jsonl", b"\xff\n", r"queries.jsonl:1: not valid UTF-8"),
+        ("qrels/test.tsv", b"q0-0\td0-0\t1\nq0-1\td0-\xc3\t1\n", r"test.tsv:2: not valid UTF"),
+        ("corpus.jsonl", '{"_id": ["a"], "text": "x"}\n', r"corpus.jsonl:1: '_id' must be a str"),
+        ("corpus.jsonl", '{"_id": null, "text": "x"}\n', r"corpus.jsonl:1: '_id' must be a str"),
+        ("corpus.jsonl", '{"_id": "", "text": "x"}\n', r"corpus.jsonl:1: '_id' must be non-e"),
+        ("corpus.jsonl", '{"_id": "a", "text": 3}\n', r"corpus.jsonl:1: 'text' must be a str"),
+        (
+            "corpus.jsonl",
+            '{"_id": "a", "text": "x", "title": {"t": 1}}\n',
+            r"corpus.jsonl:1: 'title' must be a string, got an object",
+        ),
+        ("queries.jsonl", '{"_id": true, "text": "x"}\n', r"queries.jsonl:1: '_id' must be"),
+        ("corpus.jsonl", "", r"corpus.jsonl: no documents"),
+        ("queries.jsonl", "\n\n", r"queries.jsonl: no queries"),
+        ("qrels/test.tsv", "query-id\tcorpus-id\tscore\n", r"test.tsv: no judgments"),
+        (
+            "qrels/test.tsv",
+            "q10-0\td10-0\t1\nq10-0\td10-0\t2\n",
+            r"test.tsv:2: duplicate judgment of query 'q10-0' and document 'd10-0' \(first on "
+            r"line 1\)",
+        ),
+        ("qrels/test.tsv", "q10-0\td10-0\t1_0\n", r"test.tsv:1: score must be an integer"),
+        ("qrels/test.tsv", "q10-0\td10-0\t1\textra\n", r"test.tsv:1: .* got 4 column"),
     ],
 )
 def test_bad_files_name_the_file_and_line(tmp_path, file, content, message):
     root = make_beir(tmp_path / "beir")
-    (root / file).write_text(content)
+    (root / file).write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ValueError, match=message):
         load_beir(root)
+
+
+def test_crlf_line_ends_a_byte_order_mark_and_integer_ids_load(tmp_path):
+    root = make_beir(tmp_path / "beir")
+    (root / "corpus.jsonl").write_bytes(
+        b'\xef\xbb\xbf{"_id": 7, "text": "seven"}\r\n{"_id": "d0-0", "text": "x"}\r\n'
+    )
+    (root / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\r\nq0-0\t7\t 2\r\n")
+    for split in ("train", "dev"):
+        (root / "qrels" / f"{split}.tsv").unlink()
+    data = load_beir(root)
+    assert data.corpus.ids == ["7", "d0-0"] and data.corpus.texts == ["seven", "x"]
+    assert data.qrels == {"test": {"q0-0": {"7": 2}}}
+
+
+@pytest.mark.parametrize("bad", ["", "a\tb", "a\nb", "a\r"])
+def test_write_beir_refuses_ids_a_qrels_row_cannot_hold(tmp_path, bad):
+    corpus = Corpus([bad], [""], ["text"], {bad: 0})
+    with pytest.raises(ValueError, match="cannot be written"):
+        write_beir(tmp_path / "beir", corpus, {"q": "query"}, {})
 
 
 def test_missing_folder_or_file(tmp_path):

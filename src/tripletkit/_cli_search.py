@@ -88,7 +88,7 @@ def _mine(args: argparse.Namespace) -> int:
     assert isinstance(miner, MiningConfig)
     out = Path(args.out)
     model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
-    cache = out.with_suffix(".corpus.npy")
+    cache = out.with_suffix(".corpus.npz")
     with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
         mined = search.mine_with(model, data, qrels, cfg, miner, cache, not args.quiet)
         if not distributed.is_main():

@@ -60,56 +60,107 @@ class Retrieval:
         return self.qrels[name]
 
 
-def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of the UTF-8 file ``path``, without its line
+    ending. Lines are split at "\\n" alone, so the numbers are an editor's; a byte-order mark
+    at the start is dropped.
+
+    Raises:
+        ValueError: naming the file when it is missing, and the line that is not UTF-8.
+    """
     if not path.is_file():
         raise ValueError(f"missing file: {path}")
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            for key in required:
-                if key not in record:
-                    raise ValueError(f"{path}:{number}: missing key {key!r}")
-            yield number, record
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{number}: not valid UTF-8 (byte {err.start + 1} of the line)"
+                ) from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line
+
+
+def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file.
+
+    Raises:
+        ValueError: naming the file and line of text that is not UTF-8, malformed JSON, a value
+            that is not an object, or an object without a ``required`` key.
+    """
+    for number, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object")
+        for key in required:
+            if key not in record:
+                raise ValueError(f"{path}:{number}: missing key {key!r}")
+        yield number, record
+
+
+def _id(path: Path, number: int, record: dict) -> str:
+    """The record's ``_id``: a string (an integer is read as its decimal string), not empty,
+    without tab or line break (it must fit a qrels row).
+
+    Raises:
+        ValueError: naming the file and line of an id of another type or an unfit string.
+    """
+    value = record["_id"]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{path}:{number}: '_id' must be a string, got {_json_type(value)}")
+    text = str(value)
+    if not text or any(c in text for c in "\t\n\r"):
+        raise ValueError(f"{path}:{number}: '_id' must be non-empty, without tabs or line breaks")
+    return text
+
+
+def _text(path: Path, number: int, record: dict, key: str) -> str:
+    """The record's ``key`` field as a string ("" for null or, for an optional key, absent).
+
+    Raises:
+        ValueError: naming the file and line of a value that is neither a string nor null.
+    """
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{path}:{number}: {key!r} must be a string, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def load_beir(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Retrieval:
     """Load a BEIR folder; splits without a qrels file are left out.
 
     Raises:
-        ValueError: naming the file and line of a malformed JSON line, a missing key, a
-            duplicate id, or a qrels row that names an unknown query or document.
+        ValueError: naming the file (and the line, where there is one) of text that is not
+            UTF-8, a malformed JSON line, a missing key, a field of the wrong type, a duplicate
+            id or judgment, a qrels row that names an unknown query or document, or a file
+            with no records.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder not found: {root}")
-    ids: list[str] = []
-    titles: list[str] = []
-    texts: list[str] = []
-    index: dict[str, int] = {}
-    corpus_path = root / "corpus.jsonl"
-    for number, rec in _jsonl(corpus_path, ("_id", "text")):
-        doc_id = str(rec["_id"])
-        if doc_id in index:
-            raise ValueError(f"{corpus_path}:{number}: duplicate document id {doc_id!r}")
-        index[doc_id] = len(ids)
-        ids.append(doc_id)
-        titles.append(str(rec.get("title") or ""))
-        texts.append(str(rec["text"] or ""))
-    queries: dict[str, str] = {}
-    query_path = root / "queries.jsonl"
-    for number, rec in _jsonl(query_path, ("_id", "text")):
-        qid = str(rec["_id"])
-        if qid in queries:
-            raise ValueError(f"{query_path}:{number}: duplicate query id {qid!r}")
-        queries[qid] = str(rec["text"] or "")
-    empty_docs = [i for i, t in zip(ids, texts, strict=True) if not t.strip()]
+    corpus = _read_corpus(root / "corpus.jsonl")
+    queries = _read_queries(root / "queries.jsonl")
+    empty_docs = [i for i, t in zip(corpus.ids, corpus.texts, strict=True) if not t.strip()]
     empty_queries = [q for q, t in queries.items() if not t.strip()]
     if empty_docs or empty_queries:
         warnings.warn(
@@ -121,32 +172,74 @@ def load_beir(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Retrieval:
     for split in splits:
         path = root / "qrels" / f"{split}.tsv"
         if path.is_file():
-            qrels[split] = _read_qrels(path, queries, index)
-    corpus = Corpus(ids, titles, texts, index)
+            qrels[split] = _read_qrels(path, queries, corpus.index)
     return Retrieval(corpus, queries, qrels)
+
+
+def _read_corpus(path: Path) -> Corpus:
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    index: dict[str, int] = {}
+    for number, rec in _jsonl(path, ("_id", "text")):
+        doc_id = _id(path, number, rec)
+        if doc_id in index:
+            raise ValueError(f"{path}:{number}: duplicate document id {doc_id!r}")
+        index[doc_id] = len(ids)
+        ids.append(doc_id)
+        titles.append(_text(path, number, rec, "title"))
+        texts.append(_text(path, number, rec, "text"))
+    if not ids:
+        raise ValueError(f"{path}: no documents (the file is empty)")
+    return Corpus(ids, titles, texts, index)
+
+
+def _read_queries(path: Path) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for number, rec in _jsonl(path, ("_id", "text")):
+        qid = _id(path, number, rec)
+        if qid in queries:
+            raise ValueError(f"{path}:{number}: duplicate query id {qid!r}")
+        queries[qid] = _text(path, number, rec, "text")
+    if not queries:
+        raise ValueError(f"{path}: no queries (the file is empty)")
+    return queries
+
+
+_SCORE = re.compile(r"[+-]?[0-9]+")
 
 
 def _read_qrels(
     path: Path, queries: dict[str, str], docs: dict[str, int]
 ) -> dict[str, dict[str, int]]:
+    """query id -> document id -> score, from a qrels TSV with an optional header line."""
     out: dict[str, dict[str, int]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.rstrip("\n").split("\t")
-        if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
-            continue
-        if not line.strip():
+    first_seen: dict[tuple[str, str], int] = {}
+    for number, line in _lines(path):
+        parts = line.split("\t")
+        if not first_seen and not out and parts[:2] == ["query-id", "corpus-id"]:
             continue
         if len(parts) != 3:
-            raise ValueError(f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>score")
+            raise ValueError(
+                f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>score, got "
+                f"{len(parts)} column(s)"
+            )
         qid, doc_id, score = parts
         if qid not in queries:
             raise ValueError(f"{path}:{number}: unknown query id {qid!r}")
         if doc_id not in docs:
             raise ValueError(f"{path}:{number}: unknown corpus id {doc_id!r}")
-        try:
-            out.setdefault(qid, {})[doc_id] = int(score)
-        except ValueError:
-            raise ValueError(f"{path}:{number}: score must be an integer, got {score!r}") from None
+        if not _SCORE.fullmatch(score.strip()):
+            raise ValueError(f"{path}:{number}: score must be an integer, got {score!r}")
+        if (qid, doc_id) in first_seen:
+            raise ValueError(
+                f"{path}:{number}: duplicate judgment of query {qid!r} and document {doc_id!r} "
+                f"(first on line {first_seen[qid, doc_id]})"
+            )
+        first_seen[qid, doc_id] = number
+        out.setdefault(qid, {})[doc_id] = int(score)
+    if not out:
+        raise ValueError(f"{path}: no judgments (the file is empty or holds only its header)")
     return out
 
 
@@ -156,8 +249,20 @@ def write_beir(
     queries: dict[str, str],
     qrels: dict[str, dict[str, dict[str, int]]],
 ) -> Path:
-    """Write a BEIR folder (each file atomically)."""
+    """Write a BEIR folder (each file atomically).
+
+    Raises:
+        ValueError: naming an id that the format cannot hold (empty, or with a tab or a line
+            break, which would split a qrels row).
+    """
     root = Path(root)
+    for kind, ids in (("document", corpus.ids), ("query", list(queries))):
+        bad = next((i for i in ids if not i or any(c in i for c in "\t\n\r")), None)
+        if bad is not None:
+            raise ValueError(
+                f"{kind} id {bad!r} cannot be written: ids must be non-empty, without tabs or "
+                "line breaks"
+            )
     lines = [
         json.dumps({"_id": i, "title": t, "text": x}, ensure_ascii=False)
         for i, t, x in zip(corpus.ids, corpus.titles, corpus.texts, strict=True)

@@ -10,8 +10,8 @@ the qrels they were scored against.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import typing
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -28,10 +28,11 @@ from ..config import SearchConfig, from_dict, to_dict
 from ..data.text import Retrieval, build_wiki, load_beir
 from ..index import Index
 from ..losses import TripletLoss, TripletStats
-from ..models.text import dimension, embed, encode, load_encoder, save_encoder
+from ..models.text import dimension, embed, load_encoder, save_encoder
 from ..negatives import MinedNegatives, MiningConfig, mine_negatives
 from ..sampling import ShuffledBatches
 from ..train import curriculum_from_config, fit, loss_from_config
+from .corpus_encodings import corpus_vectors, encode_sharded, unwrap
 
 ARMS = ("bm25", "base", "in_batch", "mined_unfiltered", "mined_filtered")
 TRAINED = ("in_batch", "mined_unfiltered", "mined_filtered")
@@ -73,6 +74,10 @@ class SearchBatches:
 
     Under torchrun each rank takes ``batch_size / N`` queries; the query and document
     embeddings of every rank are gathered, and relevance is judged over the global batch.
+
+    With ``remine``, the negatives are mined again with the model in training at every
+    ``negatives.remine_every``-th step; :meth:`state_dict` carries the current ones into the
+    checkpoint, so a resumed run continues with the negatives the interrupted one had.
     """
 
     unused_parameters = True  # the transformer's pooler is loaded but not used
@@ -95,6 +100,36 @@ class SearchBatches:
             world_size=distributed.world_size(),
         )
         self.remine, self.remine_every = remine, cfg.negatives.remine_every
+
+    def state_dict(self) -> dict[str, Any]:
+        """What decides the coming batches beyond the sampler's state: the current negatives
+        (query id -> document ids), re-mined or first mined."""
+        return {"negatives": {q: list(ds) for q, ds in self.negatives.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue with the negatives of :meth:`state_dict`.
+
+        Raises:
+            ValueError: naming the key or the document when ``state`` has no "negatives"
+                (query id -> list of document ids) or names a document not in the corpus.
+        """
+        negatives = state.get("negatives") if isinstance(state, dict) else None
+        if not isinstance(negatives, dict) or not all(
+            isinstance(q, str) and isinstance(ds, list) for q, ds in negatives.items()
+        ):
+            raise ValueError(
+                "the checkpoint's batch source state needs 'negatives': query id -> list of "
+                "document ids"
+            )
+        index = self.data.corpus.index
+        for q, ds in negatives.items():
+            unknown = next((d for d in ds if d not in index), None)
+            if unknown is not None:
+                raise ValueError(
+                    f"the checkpoint's negatives of query {q!r} name document {unknown!r}, "
+                    "which is not in the corpus"
+                )
+        self.negatives = {q: list(ds) for q, ds in negatives.items()}
 
     def loss(
         self,
@@ -124,35 +159,6 @@ class SearchBatches:
         return loss_fn.relevance(q_emb, d_emb, relevant_mask.to(q_emb.device))
 
 
-def corpus_vectors(
-    model: Any, data: Retrieval, cfg: SearchConfig, cache: Path, progress: bool
-) -> np.ndarray:
-    """The corpus encoded by ``model``, cached in ``cache`` (.npy). Under torchrun each rank
-    encodes its shard; rank 0 reads and writes the cache."""
-    main = distributed.is_main()
-    cached = main and cache.is_file() and len(np.load(cache, mmap_mode="r")) == len(data.corpus)
-    if distributed.broadcast(cached, "cache check"):
-        vectors: np.ndarray | None = np.load(cache) if main else None
-        return typing.cast(np.ndarray, distributed.broadcast(vectors, "corpus vectors"))
-    vectors = encode_sharded(model, data.corpus.texts, cfg, progress, "corpus")
-    if main:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(cache)
-    return vectors
-
-
-def encode_sharded(
-    model: Any, texts: list[str], cfg: SearchConfig, progress: bool, desc: str = "encode"
-) -> np.ndarray:
-    """:func:`encode` split over the ranks under torchrun, merged in order on every rank."""
-    show = progress and distributed.is_main()
-    return distributed.sharded(
-        lambda part: encode(model, part, cfg.model.batch_size, show, desc), texts
-    )
-
-
 def index_on_disk(
     model: Any,
     data: Retrieval,
@@ -165,7 +171,9 @@ def index_on_disk(
     """An IVF-PQ (HNSW quantizer) of the corpus with its lists on disk, for corpora larger than
     memory: the corpus is encoded ``chunk`` texts at a time (sharded over the ranks) into a
     memory-mapped .npy beside ``folder``, which then feeds the training sample and the chunked
-    build; rank 0 writes. Memory holds a chunk, the sample and the ids."""
+    build; rank 0 writes. The ``extra`` files (name -> text) are written into the index's
+    temporary folder, so the folder appears complete with them or not at all. Memory holds a
+    chunk, the sample and the ids."""
     from ..index import default_nlist, training_sample
 
     texts, main = data.corpus.texts, distributed.is_main()
@@ -193,9 +201,8 @@ def index_on_disk(
             trained_on=training_sample(store, nlist),
             nlist=nlist,
             quantizer="hnsw",
+            extra=extra,  # published with the index, in the same rename
         )
-        for name, text in extra.items():
-            write_text(folder / name, text)
     finally:
         del store
         if main:
@@ -286,7 +293,7 @@ def train_arm(
     negatives: dict[str, list[str]] = {}
     if miner is not None:
         base = load_encoder(cfg.model.path, cfg.model.max_seq_length)
-        mined = mine_with(base, data, qrels, cfg, miner, run / "base" / "corpus.npy", progress)
+        mined = mine_with(base, data, qrels, cfg, miner, run / "base" / "corpus.npz", progress)
         if distributed.is_main():
             write_mined(out / "negatives.jsonl", out / "mining.json", mined, miner)
         negatives = mined.negatives
@@ -294,13 +301,7 @@ def train_arm(
     torch.manual_seed(cfg.train.seed)  # dropout: the same arm trains the same in any run
     remine = None
     if miner is not None and cfg.negatives.remine_every:
-        chosen = miner
-
-        def remine(m: torch.nn.Module) -> dict[str, list[str]]:
-            m.eval()
-            vectors = encode_sharded(m, data.corpus.texts, cfg, progress, "corpus")
-            return mine_with(m, data, qrels, cfg, chosen, None, progress, vectors).negatives
-
+        remine = remine_with(data, qrels, cfg, miner, progress)
     source = SearchBatches(data, qrels, negatives, cfg, remine)
     on_step = None
     if cfg.eval_every:
@@ -322,11 +323,38 @@ def train_arm(
         progress=progress,
         desc=arm,
         on_step=on_step,
+        settings={
+            "arm": arm,
+            "loss": dataclasses.asdict(cfg.loss),
+            "negatives": dataclasses.asdict(cfg.negatives),
+            "model": dataclasses.asdict(cfg.model),
+        },
     )
     if cfg.eval_every and result.steps % cfg.eval_every:
         curve(result.steps, model)
     if distributed.is_main():
         save_encoder(model, out / "model")
+
+
+def remine_with(
+    data: Retrieval,
+    qrels: dict[str, dict[str, int]],
+    cfg: SearchConfig,
+    miner: MiningConfig,
+    progress: bool,
+) -> Callable[[torch.nn.Module], dict[str, list[str]]]:
+    """The re-miner of :class:`SearchBatches`: model (possibly wrapped in
+    DistributedDataParallel, as the training loop passes it) -> negatives per training query,
+    mined with that model's current encodings of the corpus and the queries (not cached: the
+    model changes between calls). Leaves the model in eval mode."""
+
+    def remine(model: torch.nn.Module) -> dict[str, list[str]]:
+        inner = unwrap(model)
+        inner.eval()
+        vectors = encode_sharded(inner, data.corpus.texts, cfg, progress, "corpus")
+        return mine_with(inner, data, qrels, cfg, miner, None, progress, vectors).negatives
+
+    return remine
 
 
 def mine_with(
@@ -435,7 +463,7 @@ def evaluate(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict[st
                 raise ValueError(f"arm {arm!r} has no trained model in {folder}; run train first")
             model = load_encoder(folder if folder else cfg.model.path, cfg.model.max_seq_length)
             vectors = corpus_vectors(
-                model, data, cfg, run / ("base" if arm == "base" else arm) / "corpus.npy", progress
+                model, data, cfg, run / ("base" if arm == "base" else arm) / "corpus.npz", progress
             )
             ranking = retrieve(model, data, qids, vectors, cfg, progress)
         write_text(run / f"{arm}.trec", metrics.trec_run(ranking, arm))
@@ -458,7 +486,7 @@ def mining_diagnostics(
     distributions of positives, kept negatives and removed candidates."""
     qrels = data.split(cfg.data.train_split)
     base = load_encoder(cfg.model.path, cfg.model.max_seq_length)
-    vectors = corpus_vectors(base, data, cfg, run / "base" / "corpus.npy", progress)
+    vectors = corpus_vectors(base, data, cfg, run / "base" / "corpus.npz", progress)
     qids = sorted(qrels)
     q = encode_sharded(base, [data.queries[i] for i in qids], cfg, progress)
     index = Index.build(vectors, data.corpus.ids, cfg.index)
