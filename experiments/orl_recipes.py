@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tripletkit._io import write_text
 from tripletkit.config import load_config
+from tripletkit.report import summary_cell
 from tripletkit.tasks import faces
 
 RECIPES = {
@@ -45,7 +46,7 @@ def main() -> None:
         faces.train(cfg, run, progress=False)
         minutes = (time.perf_counter() - start) / 60
         summary = faces.evaluate(run, progress=False)["tripletkit"]
-        cells = [f"{summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" for k, _ in COLUMNS]
+        cells = [summary_cell(summary.get(k)) for k, _ in COLUMNS]
         rows.append(
             f"| {label} | `{' '.join(overrides) or '-'}` | "
             + " | ".join(cells)

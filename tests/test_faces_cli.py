@@ -1,10 +1,13 @@
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from faces_fixtures import TINY, make_faces
 
 from tripletkit.cli import main
+from tripletkit.config import Config, load_config
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,8 @@ def test_evaluate_writes_metrics_report_and_figures(trained, capsys):
         "nmi",
         "ari",
     ):
-        assert set(summary["tripletkit"][key]) == {"mean", "std"}
+        assert set(summary["tripletkit"][key]) == {"mean", "std", "folds", "missing"}
+        assert summary["tripletkit"][key]["folds"] == 2
         assert 0.0 <= summary["tripletkit"][key]["mean"] <= 1.0
     report = (run / "report.md").read_text()
     for figure in ("roc.png", "distances.png", "map.png", "training.png", "clusters.png"):
@@ -146,3 +150,107 @@ def test_pairs_file_drives_the_verification_accuracy():
     dist = metrics.distance_matrix(x)
     chosen = (np.array([[0, 1], [0, 2], [2, 3], [3, 4]]), np.array([True, False, True, False]))
     assert metrics.verification(dist, labels, pairs=chosen)["verification_accuracy"] == 1.0
+
+
+def test_cluster_threshold_zero_is_used_not_replaced_by_the_models(trained, tmp_path):
+    root, faces = trained
+    model = tmp_path / "model"
+    shutil.copytree(root / "runs" / "t" / "fold0", model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["cluster_threshold"] = 1e6  # the model's own threshold puts everyone together
+    (model / "model.json").write_text(json.dumps(meta))
+    args = ["cluster", str(faces), "--model", str(model), "--out"]
+    assert main([*args, str(tmp_path / "own")]) == 0
+    assert len(json.loads((tmp_path / "own" / "clusters.json").read_text())) == 1
+    assert main([*args, str(tmp_path / "zero"), "--threshold", "0"]) == 0
+    assert len(json.loads((tmp_path / "zero" / "clusters.json").read_text())) == 24
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threshold", "-1"], "--threshold must be a distance >= 0"),
+        (["--clusters", "0"], "--clusters must be at least 1"),
+        (["--clusters", "99"], "--clusters 99 is more than the 24 image"),
+    ],
+)
+def test_cluster_options_out_of_range_are_errors(trained, tmp_path, capsys, extra, message):
+    root, faces = trained
+    model = str(root / "runs" / "t" / "fold0")
+    assert main(["cluster", str(faces), "--model", model, "--out", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _one_fold(faces: Path) -> Config:
+    return load_config(None, [*TINY, f"data.source={faces}", "data.fold=0", "train.epochs=1"])
+
+
+def test_kill_between_weights_and_model_json_leaves_no_finished_fold(tmp_path, monkeypatch):
+    from tripletkit.tasks import faces as task
+
+    cfg = _one_fold(make_faces(tmp_path / "faces"))
+    run, real_write_json = tmp_path / "run", task.write_json
+
+    def killed_at_model_json(path, data):
+        if Path(path).name == "model.json":
+            raise KeyboardInterrupt("killed after the weights, before model.json")
+        return real_write_json(path, data)
+
+    monkeypatch.setattr(task, "write_json", killed_at_model_json)
+    with pytest.raises(KeyboardInterrupt):
+        task.train(cfg, run, progress=False)
+    fold = run / "fold0"
+    assert not (fold / "model.safetensors").exists()  # no weights without their model.json
+    assert not task.model_saved(fold)
+    assert (fold / "checkpoint.pt").exists()  # training itself is kept
+    with pytest.raises(ValueError, match="no model in"):
+        task.load_model(fold)
+    monkeypatch.setattr(task, "write_json", real_write_json)
+    task.train(cfg, run, resume=True, progress=False)  # the fold is not skipped as done
+    assert task.model_saved(fold)
+    assert task.load_model(fold)[1] == cfg
+    assert sorted(p.name for p in fold.iterdir()) == [
+        "checkpoint.pt",
+        "model.json",
+        "model.safetensors",
+        "train_log.jsonl",
+    ]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_resume_does_not_count_weights_without_model_json_as_done(tmp_path):
+    from tripletkit.tasks import faces as task
+
+    cfg = _one_fold(make_faces(tmp_path / "faces"))
+    fold = tmp_path / "run" / "fold0"
+    fold.mkdir(parents=True)
+    (fold / "model.safetensors").write_bytes(b"weights of an interrupted run")
+    task.train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert task.load_model(fold)[1] == cfg  # trained, not skipped
+    assert task.model_saved(fold)
+    (fold / "model.json").write_text('{"threshold": 1.0}')  # no "weights": not complete
+    assert not task.model_saved(fold)
+    (fold / "model.json").write_text('{"weights": "model.safetensors", "threshold": 1.0')
+    assert not task.model_saved(fold)  # cut short
+
+
+def test_saving_over_a_model_keeps_the_old_one_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    from tripletkit.tasks import faces as task
+
+    cfg = _one_fold(make_faces(tmp_path / "faces"))
+    fold = tmp_path / "fold0"
+    model = task.build_model(cfg)
+    task.save_model(fold, model, cfg, {"threshold": 0.5, "cluster_threshold": 0.7})
+    (fold / "train_log.jsonl").write_text("{}\n")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(task, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        task.save_model(fold, model, cfg, {"threshold": 9.0, "cluster_threshold": 9.0})
+    assert task.load_model(fold)[2] == {"threshold": 0.5, "cluster_threshold": 0.7}
+    monkeypatch.undo()
+    task.save_model(fold, model, cfg, {"threshold": 2.0, "cluster_threshold": 3.0})
+    assert task.load_model(fold)[2] == {"threshold": 2.0, "cluster_threshold": 3.0}
+    assert (fold / "train_log.jsonl").read_text() == "{}\n"  # other files carried over

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
-from sklearn.metrics import adjusted_rand_score, pairwise_distances, roc_auc_score
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import adjusted_rand_score, pairwise_distances, roc_auc_score, roc_curve
 
 from tripletkit import metrics
 
@@ -116,3 +118,94 @@ def test_training_curves_are_trailing_means_from_the_first_step():
     want = [4.0, 3.0, 4.0, 8 / 3, 14 / 3]  # means of the last (up to) 3 values
     np.testing.assert_allclose(_smooth(values, width=3), want)
     assert _smooth([], width=3).shape == (0,)
+
+
+def _brute_val_at_far(d, same, far):
+    """Try every threshold "accept d <= t" (t = -inf and each distance) one by one."""
+    best = 0.0
+    for t in [-np.inf, *d]:
+        accepted = d <= t
+        if (accepted & ~same).sum() / (~same).sum() <= far + 1e-12:
+            best = max(best, (accepted & same).sum() / same.sum())
+    return best
+
+
+def test_val_at_far_keeps_collinear_roc_points_on_ties():
+    # same pairs at 1, 2, 3; different pairs at 2, 3. Accept d <= 1: VAL 1/3, FAR 0; d <= 2:
+    # VAL 2/3, FAR 1/2; d <= 3: VAL 1, FAR 1. The middle point lies on the line between the
+    # others, and roc_curve(drop_intermediate=True) dropped it: VAL@FAR=0.5 read 1/3.
+    d = np.array([2.0, 3.0, 3.0, 2.0, 1.0])
+    same = np.array([1, 1, 0, 0, 1], dtype=bool)
+    assert metrics.val_at_far(d, same, 0.5) == pytest.approx(2 / 3)
+    assert metrics.val_at_far(d, same, 0.49) == pytest.approx(1 / 3)
+    assert _brute_val_at_far(d, same, 0.5) == pytest.approx(2 / 3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    d=st.lists(st.integers(0, 4), min_size=2, max_size=12),
+    flags=st.lists(st.booleans(), min_size=12, max_size=12),
+    far=st.sampled_from([0.0, 1e-3, 0.1, 0.25, 1 / 3, 0.5, 0.9, 1.0]),
+)
+def test_val_at_far_matches_a_brute_force_loop_and_sklearn_points(d, flags, far):
+    d = np.array(d, dtype=float) / 2
+    same = np.array(flags[: len(d)])
+    assume(same.any() and not same.all())
+    assert metrics.val_at_far(d, same, far) == pytest.approx(_brute_val_at_far(d, same, far))
+    fpr, tpr = metrics.roc_points(d, same)
+    want_fpr, want_tpr, _ = roc_curve(same, -d, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want_fpr)
+    np.testing.assert_allclose(tpr, want_tpr)
+    assert metrics.roc_auc(d, same) == pytest.approx(roc_auc_score(same, -d))
+
+
+def test_metrics_without_same_or_different_pairs_are_nan_not_an_index_error():
+    d = np.array([0.5, 1.0, 2.0])
+    for same in (np.zeros(3, dtype=bool), np.ones(3, dtype=bool)):
+        assert np.isnan(metrics.equal_error_rate(d, same))
+        assert np.isnan(metrics.val_at_far(d, same, 1e-3))
+        assert np.isnan(metrics.roc_auc(d, same))
+    singletons = np.arange(4)  # no person with two images: no same-person pair
+    dist = metrics.distance_matrix(np.random.default_rng(0).normal(size=(4, 3)))
+    out = metrics.verification(dist, singletons) | metrics.identification(dist, singletons)
+    assert set(out) >= {"eer", "val_at_far_1e-3", "roc_auc", "verification_accuracy", "rank1"}
+    assert all(np.isnan(v) for v in out.values())
+
+
+def test_pair_metrics_name_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.equal_error_rate(np.array([0.1, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match="shapes"):
+        metrics.val_at_far(np.zeros(3), np.zeros(2, dtype=bool), 0.1)
+
+
+def test_summary_keeps_a_metric_that_is_nan_in_one_fold_and_counts_its_folds():
+    rows = [
+        {"eer": 0.1, "rank1": 0.9},
+        {"eer": float("nan"), "rank1": 0.7},
+        {"eer": 0.3, "rank1": 0.8},
+    ]
+    summary = metrics.summarise_folds(rows)
+    assert summary["eer"] == {
+        "mean": pytest.approx(0.2),
+        "std": pytest.approx(0.1),
+        "folds": 2,
+        "missing": 1,
+    }
+    assert summary["rank1"]["folds"] == 3 and summary["rank1"]["missing"] == 0
+    none = metrics.summarise_folds([{"eer": float("nan")}])
+    assert none["eer"] == {"mean": None, "std": None, "folds": 0, "missing": 1}
+
+
+def test_metrics_table_marks_missing_folds_and_undefined_metrics():
+    from tripletkit.report import metrics_table
+
+    summary = {
+        "a": metrics.summarise_folds(
+            [{"eer": 0.1, "rank1": 0.5}, {"eer": float("nan"), "rank1": 0.5}]
+        ),
+        "b": metrics.summarise_folds([{"eer": float("nan"), "rank1": 1.0}]),
+    }
+    table = metrics_table(summary, [("eer", "EER"), ("rank1", "rank-1")], ["a", "b"])
+    assert "| a | 0.100 ± 0.000 (1 of 2 folds) | 0.500 ± 0.000 |" in table
+    assert "| b | n/a | 1.000 ± 0.000 |" in table

@@ -137,12 +137,20 @@ def _cluster(args: argparse.Namespace) -> int:
     from .report import cluster_montage
     from .tasks import faces
 
+    if args.clusters is not None and args.clusters < 1:
+        raise ValueError(f"--clusters must be at least 1, got {args.clusters}")
+    if args.threshold is not None and not args.threshold >= 0:  # NaN too
+        raise ValueError(f"--threshold must be a distance >= 0, got {args.threshold}")
     model, meta, data = _photos(args)
     dist = metrics.distance_matrix(faces.embed(model, data.images))
-    if args.clusters:
+    if args.clusters is not None:
+        if args.clusters > len(data):
+            raise ValueError(f"--clusters {args.clusters} is more than the {len(data)} image(s)")
         groups = metrics.agglomerative(dist, n_clusters=args.clusters)
     else:
-        groups = metrics.agglomerative(dist, threshold=args.threshold or meta["cluster_threshold"])
+        # 0 is a threshold like any other (every distinct image its own cluster)
+        threshold = meta["cluster_threshold"] if args.threshold is None else args.threshold
+        groups = metrics.agglomerative(dist, threshold=threshold)
     out = Path(args.out)
     listing = {
         f"cluster{c}": [data.paths[i] for i in np.flatnonzero(groups == c)]

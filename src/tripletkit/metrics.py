@@ -3,9 +3,15 @@
 scikit-learn computes ROC curves, AUC, NMI, ARI and the agglomerative clustering; this module
 holds the protocols around them (pairs, the LFW 10-fold threshold, VAL@FAR, EER, MAP@R, purity).
 Distances are Euclidean between the embeddings given.
+
+A metric that is undefined on the images given (EER without a same-person pair, rank-1 when no
+person has two images, ...) is NaN, never an exception or a made-up 0: a summary over folds
+shows it as missing.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
@@ -13,7 +19,6 @@ from sklearn.metrics import (
     adjusted_rand_score,
     normalized_mutual_info_score,
     roc_auc_score,
-    roc_curve,
 )
 
 
@@ -75,25 +80,86 @@ def cv_accuracy(d: np.ndarray, same: np.ndarray, folds: int = 10, seed: int = 0)
     return float(np.mean(scores))
 
 
+def _check_pairs(d: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``d`` and ``same`` as float and bool 1-D arrays of one length, ``d`` free of NaN."""
+    d, same = np.asarray(d, dtype=np.float64), np.asarray(same)
+    if d.ndim != 1 or same.shape != d.shape:
+        raise ValueError(
+            f"distances and same-person flags must be 1-D of one length, got shapes "
+            f"{d.shape} and {same.shape}"
+        )
+    if np.isnan(d).any():
+        raise ValueError(f"{int(np.isnan(d).sum())} of {len(d)} pair distances are NaN")
+    return d, same.astype(bool)
+
+
+def roc_points(d: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every operating point of the rule "accept a pair when d <= t", for t = -inf and each
+    distinct distance in increasing order (no point dropped, tied distances accepted together).
+
+    Args:
+        d: (M,) pair distances.
+        same: (M,) bool, True for a same-person pair.
+
+    Returns:
+        (T + 1,) false accept rates FAR(t) = |{different: d <= t}| / |different| and (T + 1,)
+        validation rates VAL(t) = |{same: d <= t}| / |same|, both from 0 to 1; the same points as
+        ``sklearn.metrics.roc_curve(same, -d, drop_intermediate=False)``. NaN when there is no
+        different (FAR) or no same (VAL) pair.
+    """
+    d, same = _check_pairs(d, same)
+    thresholds = np.unique(d)
+    counts = []
+    for flags in (~same, same):
+        accepted = np.searchsorted(np.sort(d[flags]), thresholds, side="right")
+        total = int(flags.sum())
+        rate = accepted / total if total else np.full(len(thresholds), np.nan)
+        counts.append(np.concatenate([[0.0 if total else np.nan], rate]))
+    return counts[0], counts[1]
+
+
 def val_at_far(d: np.ndarray, same: np.ndarray, far: float) -> float:
-    """FaceNet's VAL(FAR): the share of same pairs accepted at the strictest-needed threshold
-    that accepts at most a ``far`` share of different pairs."""
-    fpr, tpr, _ = roc_curve(same, -d)
-    ok = fpr <= far + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+    """FaceNet's VAL(FAR): the largest share of same pairs accepted by a threshold that accepts
+    at most a ``far`` share of different pairs, max VAL(t) over t with FAR(t) <= far (see
+    :func:`roc_points`; tied distances are accepted or rejected together).
+
+    Returns:
+        A value in [0, 1]; NaN when there is no same-person or no different-person pair.
+    """
+    fpr, tpr = roc_points(d, same)
+    if np.isnan(fpr[0]) or np.isnan(tpr[0]):
+        return float("nan")
+    return float(tpr[fpr <= far + 1e-12].max())  # t = -inf (accept nothing) always qualifies
 
 
 def equal_error_rate(d: np.ndarray, same: np.ndarray) -> float:
-    """The error rate where false accepts equal false rejects (linear interpolation)."""
-    fpr, tpr, _ = roc_curve(same, -d)
+    """The error rate where the false accept rate FAR(t) equals the false reject rate
+    1 - VAL(t), by linear interpolation between neighbouring operating points of
+    :func:`roc_points`.
+
+    Returns:
+        A value in [0, 1]; NaN when there is no same-person or no different-person pair.
+    """
+    fpr, tpr = roc_points(d, same)
+    if np.isnan(fpr[0]) or np.isnan(tpr[0]):
+        return float("nan")
     fnr = 1.0 - tpr
-    k = int(np.flatnonzero(fnr <= fpr)[0])
+    k = int(np.flatnonzero(fnr <= fpr)[0])  # exists: the last point has fnr 0
     if k == 0:
         return float(fpr[0])
     # between points k-1 (fnr > fpr) and k (fnr <= fpr)
     x0, x1 = fpr[k - 1] - fnr[k - 1], fpr[k] - fnr[k]
     w = x0 / (x0 - x1) if x0 != x1 else 0.0
     return float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
+
+
+def roc_auc(d: np.ndarray, same: np.ndarray) -> float:
+    """Area under the ROC curve of the score -d; NaN when there is no same-person or no
+    different-person pair."""
+    d, same = _check_pairs(d, same)
+    if same.all() or not same.any():
+        return float("nan")
+    return float(roc_auc_score(same, -d))
 
 
 def verification(
@@ -103,7 +169,12 @@ def verification(
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Accuracy on balanced pairs with a 10-fold threshold (or on ``pairs``), and over all
-    pairs VAL@FAR=1e-3 and 1e-2, ROC AUC and EER."""
+    pairs VAL@FAR=1e-3 and 1e-2, ROC AUC and EER.
+
+    A metric that is undefined on these images is NaN: the accuracy with fewer than 2 pairs,
+    the others when there is no same-person pair (every person has one image) or no
+    different-person pair (one person).
+    """
     if pairs is None:
         bp = balanced_pairs(labels, seed)
         bd, bs = dist[bp[:, 0], bp[:, 1]], labels[bp[:, 0]] == labels[bp[:, 1]]
@@ -111,10 +182,10 @@ def verification(
         bd, bs = dist[pairs[0][:, 0], pairs[0][:, 1]], pairs[1]
     d, same = all_pairs(dist, labels)
     return {
-        "verification_accuracy": cv_accuracy(bd, bs, seed=seed),
+        "verification_accuracy": cv_accuracy(bd, bs, seed=seed) if len(bd) >= 2 else math.nan,
         "val_at_far_1e-3": val_at_far(d, same, 1e-3),
         "val_at_far_1e-2": val_at_far(d, same, 1e-2),
-        "roc_auc": float(roc_auc_score(same, -d)),
+        "roc_auc": roc_auc(d, same),
         "eer": equal_error_rate(d, same),
     }
 
@@ -127,6 +198,8 @@ def identification(
 
     MAP@R (Musgrave et al. 2020): for a query with R other examples of its identity, the mean
     over i = 1..R of precision@i at the ranks i that hold a match.
+
+    Every value is NaN when no person has two images (no query can be answered).
     """
     d = dist.copy()
     np.fill_diagonal(d, np.inf)
@@ -135,7 +208,7 @@ def identification(
     r = (labels[:, None] == labels[None, :]).sum(1) - 1
     answerable = r > 0  # a person with one image cannot be found by the others
     out = {
-        f"rank{k}": float(match[answerable, :k].any(1).mean()) if answerable.any() else 0.0
+        f"rank{k}": float(match[answerable, :k].any(1).mean()) if answerable.any() else math.nan
         for k in ks
     }
     aps = []
@@ -145,7 +218,7 @@ def identification(
         hits = row[:count]
         precision = np.cumsum(hits) / np.arange(1, count + 1)
         aps.append(float((precision * hits).sum() / count))
-    out["map_at_r"] = float(np.mean(aps)) if aps else 0.0
+    out["map_at_r"] = float(np.mean(aps)) if aps else math.nan
     return out
 
 
@@ -195,6 +268,33 @@ def clustering_threshold(dist: np.ndarray, labels: np.ndarray, linkage: str = "a
         for t in candidates
     ]
     return float(candidates[int(np.argmax(scores))])
+
+
+Summary = dict[str, dict[str, float | int | None]]
+"""metric -> {"mean", "std", "folds", "missing"}: see :func:`summarise_folds`."""
+
+
+def summarise_folds(rows: list[dict[str, float]]) -> Summary:
+    """Mean and standard deviation over folds of each metric, over the folds where it is
+    defined (finite).
+
+    Returns:
+        metric -> {"mean", "std", "folds": how many folds the mean is over, "missing": how many
+        folds it is undefined in (NaN: e.g. EER on a fold without a same-person pair)}; mean
+        and std are None when no fold defines the metric.
+    """
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out: Summary = {}
+    for k in keys:
+        values = [r.get(k, math.nan) for r in rows]
+        finite = [v for v in values if math.isfinite(v)]
+        out[k] = {
+            "mean": float(np.mean(finite)) if finite else None,
+            "std": (float(np.std(finite)) if len(finite) > 1 else 0.0) if finite else None,
+            "folds": len(finite),
+            "missing": len(values) - len(finite),
+        }
+    return out
 
 
 IR_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map")

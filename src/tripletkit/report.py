@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
-from sklearn.metrics import roc_curve
 
 from . import metrics
 from ._io import atomic_write, write_text
@@ -51,23 +50,41 @@ def save_figure(fig: Figure, path: Path) -> None:
 
 
 def metrics_table(
-    summary: dict[str, dict[str, dict[str, float]]],
+    summary: dict[str, metrics.Summary],
     columns: Sequence[tuple[str, str]],
     order: Sequence[str],
 ) -> str:
-    """Markdown table: one row per method, mean +- std per metric."""
+    """Markdown table: one row per method, mean +- std per metric over the folds that define it;
+    "(n of m folds)" when some fold does not, "n/a" when none does, "-" when not computed."""
     cols = [(k, label) for k, label in columns if any(k in summary[m] for m in order)]
     lines = [
         "| method | " + " | ".join(label for _, label in cols) + " |",
         "|---" * (len(cols) + 1) + "|",
     ]
     for m in order:
-        cells = []
-        for k, _ in cols:
-            v = summary[m].get(k)
-            cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "-")
+        cells = [summary_cell(summary[m].get(k)) for k, _ in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary_cell(entry: dict[str, float | int | None] | None) -> str:
+    """One metric's cell: "0.812 ± 0.010", "0.812 ± 0.010 (2 of 3 folds)", "n/a" or "-"."""
+    if entry is None:
+        return "-"
+    mean, std = entry.get("mean"), entry.get("std")
+    if mean is None or std is None:
+        return "n/a"
+    cell = f"{mean:.3f} ± {std:.3f}"
+    missing = int(entry.get("missing") or 0)
+    if missing:
+        counted = int(entry.get("folds") or 0)
+        cell += f" ({counted} of {counted + missing} folds)"
+    return cell
+
+
+def _value(v: float) -> str:
+    """A per-fold value, "n/a" when undefined (NaN)."""
+    return f"{v:.3f}" if np.isfinite(v) else "n/a"
 
 
 def roc_figure(folds: list[dict[str, Any]], methods: Sequence[str], path: Path) -> None:
@@ -80,9 +97,11 @@ def roc_figure(folds: list[dict[str, Any]], methods: Sequence[str], path: Path) 
             d, same = metrics.all_pairs(
                 metrics.distance_matrix(fold["embeddings"][m]), fold["labels"]
             )
-            fpr, tpr, _ = roc_curve(same, -d)
-            curves.append(np.interp(grid, fpr, tpr))
-        ax.plot(grid, np.mean(curves, 0), label=m, lw=2 if m == "tripletkit" else 1.2)
+            fpr, tpr = metrics.roc_points(d, same)
+            if np.isfinite(fpr[0]) and np.isfinite(tpr[0]):  # both kinds of pairs
+                curves.append(np.interp(grid, fpr, tpr))
+        if curves:
+            ax.plot(grid, np.mean(curves, 0), label=m, lw=2 if m == "tripletkit" else 1.2)
     ax.set_xscale("log")
     ax.set_xlabel("false accept rate (different people accepted)")
     ax.set_ylabel("validation rate (same person accepted)")
@@ -197,12 +216,34 @@ def _smooth(values: Sequence[float], width: int = 25) -> np.ndarray:
     return (total[end] - total[start]) / (end - start)
 
 
+def _target_lines(main: metrics.Summary) -> str:
+    """One Markdown line per target of :data:`FACE_TARGETS`: the mean, and met or not."""
+    lines = []
+    for key, (op, goal) in FACE_TARGETS.items():
+        entry = main[key]
+        value = entry["mean"]
+        if value is None:
+            lines.append(f"- {key}: n/a, undefined on every fold (target {op} {goal}: not met)")
+            continue
+        ok = value >= goal if op == ">=" else value <= goal
+        missing = int(entry.get("missing") or 0)
+        over = (
+            f" over {entry['folds']} of {int(entry['folds'] or 0) + missing} folds"
+            if missing
+            else ""
+        )
+        lines.append(
+            f"- {key}: {value:.3f}{over} (target {op} {goal}: {'met' if ok else 'not met'})"
+        )
+    return "\n".join(lines)
+
+
 def faces_report(
     run: Path,
     cfg: Any,
     data: Any,
     plan: list[Any],
-    summary: dict[str, dict[str, dict[str, float]]],
+    summary: dict[str, metrics.Summary],
     per_fold: dict[str, list[dict[str, float]]],
     folds: list[dict[str, Any]],
 ) -> Path:
@@ -233,16 +274,9 @@ def faces_report(
     names = [data.names[i] for i in first["labels"]]
     cluster_montage(data.images[plan[0].test].numpy(), clusters, run / "clusters.png", names)
 
-    main = summary["tripletkit"]
-    target_lines = []
-    for key, (op, goal) in FACE_TARGETS.items():
-        value = main[key]["mean"]
-        ok = value >= goal if op == ">=" else value <= goal
-        target_lines.append(
-            f"- {key}: {value:.3f} (target {op} {goal}: {'met' if ok else 'not met'})"
-        )
+    target_lines = _target_lines(summary["tripletkit"])
     fold_rows = "\n".join(
-        f"| {f.name} | " + " | ".join(f"{row[k]:.3f}" for k, _ in FACE_METRICS) + " |"
+        f"| {f.name} | " + " | ".join(_value(row[k]) for k, _ in FACE_METRICS) + " |"
         for f, row in zip(plan, per_fold["tripletkit"], strict=True)
     )
     data_name = (
@@ -253,7 +287,9 @@ def faces_report(
 
 **Data**: {data_name}: {len(data.names)} people, {len(data)} images at {cfg.data.height} x \
 {cfg.data.width}, split into {len(plan)} fold(s) of held-out people (seed {cfg.data.seed}).
-Every number below is on people never seen in training: mean ± std over folds.
+Every number below is on people never seen in training: mean ± std over folds. A metric that is
+undefined on a fold (EER without two images of one person, ...) is left out of that mean, and
+its cell says over how many folds it is ("n/a": none).
 
 **Model**: residual CNN, stages {list(cfg.model.stages)}, {cfg.model.head} head,
 {cfg.model.dim}-d L2-normalised output. **Loss**: {cfg.loss.mining} mining, margin
@@ -275,7 +311,7 @@ Every number below is on people never seen in training: mean ± std over folds.
   "ARI (k unknown)": with a distance threshold chosen on the training people.
 
 Targets for tripletkit (mean over folds):
-{chr(10).join(target_lines)}
+{target_lines}
 
 Per fold (tripletkit):
 

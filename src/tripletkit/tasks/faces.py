@@ -3,13 +3,20 @@
 A run folder holds ``config.yaml``, one model folder per identity fold (``fold0`` ...), one per
 ablation arm and fold (``ablation/<arm>/fold0`` ...), and after :func:`evaluate`
 ``metrics.json``, ``report.md`` and the figures.
+
+A model folder holds the training checkpoint and log, and once training is over the model:
+``model.safetensors`` and ``model.json``, which names the weights file. The folder is written
+as one unit (:func:`tripletkit._io.atomic_folder`), so a reader, and a resumed run, finds either
+the folder before the model or the folder with the complete model, never weights without their
+``model.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +29,7 @@ from sklearn.decomposition import PCA
 from torch import Tensor
 
 from .. import distributed, metrics
-from .._io import atomic_write, write_json, write_text
+from .._io import atomic_folder, write_json, write_text
 from ..config import Config, DataConfig, from_dict, to_dict
 from ..data.images import (
     SUFFIXES,
@@ -188,6 +195,16 @@ def train_model(
         progress=progress,
         stop_after_epoch=stop_after_epoch,
         desc=str(out_dir.name),
+        settings={
+            "loss": dataclasses.asdict(cfg.loss),
+            "model": dataclasses.asdict(cfg.model),
+            # what decides the training images (not which folds run, pairs or strictness)
+            "data": {
+                k: v
+                for k, v in dataclasses.asdict(cfg.data).items()
+                if k not in ("fold", "pairs", "strict")
+            },
+        },
     )
     embeddings = distributed.sharded(lambda part: embed(model, part), data.images)
     if not distributed.is_main():
@@ -203,26 +220,87 @@ def train_model(
     return model
 
 
+WEIGHTS = "model.safetensors"
+
+
 def save_model(
     folder: Path, model: torch.nn.Module, cfg: Config, thresholds: dict[str, float]
 ) -> None:
-    """``model.safetensors`` and ``model.json``: the config, the verification threshold (best
-    accuracy on training pairs) and the clustering threshold (best ARI on training people)."""
+    """``model.safetensors`` and ``model.json``: the weights file's name, the config, the
+    verification threshold (best accuracy on training pairs) and the clustering threshold (best
+    ARI on training people).
+
+    The folder is replaced as one unit: a new folder gets the model and the files already in
+    ``folder`` (checkpoint, log), then takes its place; an interruption leaves the old folder.
+    """
+    folder = Path(folder)
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    write_json(folder / "model.json", {"config": to_dict(cfg), **thresholds})
+    with atomic_folder(folder) as tmp:
+        if folder.is_dir():
+            _carry_over(folder, tmp, skip={WEIGHTS, "model.json"})
+        save_file(weights, str(tmp / WEIGHTS))
+        write_json(tmp / "model.json", {"weights": WEIGHTS, "config": to_dict(cfg), **thresholds})
+
+
+def _carry_over(source: Path, target: Path, skip: set[str]) -> None:
+    """Every entry of ``source`` but ``skip`` into ``target``: files hard-linked (copied where
+    links are not possible), folders copied the same way."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in source.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target / entry.name, symlinks=True, copy_function=link)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), target / entry.name)
+        else:
+            link(str(entry), str(target / entry.name))
+
+
+def model_saved(folder: str | Path) -> bool:
+    """True when ``folder`` holds a complete model: a ``model.json`` that parses and names its
+    weights file, and that file. (Weights alone, or a ``model.json`` of an older version that
+    does not name them, do not count.)"""
+    meta_path = Path(folder) / "model.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    name = meta.get("weights") if isinstance(meta, dict) else None
+    return isinstance(name, str) and (Path(folder) / name).is_file()
 
 
 def load_model(folder: str | Path) -> tuple[ResNetEmbedder, Config, dict[str, float]]:
-    """A model saved by :func:`save_model`, with its config and thresholds."""
+    """A model saved by :func:`save_model`, with its config and thresholds.
+
+    Raises:
+        ValueError: naming the folder or file when the model is missing or incomplete.
+    """
     folder = Path(folder)
     meta_path = folder / "model.json"
     if not meta_path.is_file():
         raise ValueError(f"no model in {folder} (expected model.json and model.safetensors)")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object")
+    missing = {"config", "threshold", "cluster_threshold"} - set(meta)
+    if missing:
+        raise ValueError(f"{meta_path}: missing key(s) {', '.join(sorted(missing))}")
+    weights = folder / str(meta.get("weights", WEIGHTS))  # older model.json: no "weights"
+    if not weights.is_file():
+        raise ValueError(f"{meta_path} names the weights {weights.name}, which are missing")
     cfg = from_dict(Config, meta["config"], where=str(meta_path))
     model = _network(cfg)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.load_state_dict(load_file(str(weights)))
     model.eval()
     return model, cfg, {k: float(meta[k]) for k in ("threshold", "cluster_threshold")}
 
@@ -255,7 +333,7 @@ def train(
     for base, job_cfg in jobs.items():
         for fold in folds(cfg.data, data):
             out = base / fold.name
-            done_before = resume and (out / "model.safetensors").exists()
+            done_before = resume and model_saved(out)
             if not distributed.broadcast(done_before, "resume plan"):
                 train_model(job_cfg, data.subset(fold.train), out, resume=resume, progress=progress)
             done.append(out)
@@ -312,13 +390,12 @@ def score(
     return out
 
 
-def evaluate(
-    run_dir: str | Path, *, progress: bool = True
-) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate(run_dir: str | Path, *, progress: bool = True) -> dict[str, metrics.Summary]:
     """Score every method on every fold; write ``metrics.json``, the figures and ``report.md``.
 
     Returns:
-        method -> metric -> {"mean", "std"} over folds.
+        method -> metric -> {"mean", "std", "folds", "missing"} over folds (see
+        :func:`tripletkit.metrics.summarise_folds`).
     """
     from .. import report
 
@@ -347,7 +424,7 @@ def evaluate(
         tests.append({"embeddings": {m: te for m, (_, te) in emb.items()}, "labels": test_labels})
         if progress:
             print(f"evaluated {fold.name} ({i + 1}/{len(plan)})", flush=True)
-    summary = {m: _mean_std(rows) for m, rows in per_fold.items()}
+    summary = {m: metrics.summarise_folds(rows) for m, rows in per_fold.items()}
     write_json(run / "metrics.json", summary)
     report.faces_report(run, cfg, data, plan, summary, per_fold, tests)
     return summary
@@ -363,15 +440,3 @@ def _fold_pairs(
         return None
     idx = np.array([[where[int(a)], where[int(b)]] for a, b in pairs[0][keep]])
     return idx, pairs[1][keep]
-
-
-def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = rows[0].keys()
-    return {
-        k: {
-            "mean": float(np.mean([r[k] for r in rows])),
-            "std": float(np.std([r[k] for r in rows])) if len(rows) > 1 else 0.0,
-        }
-        for k in keys
-        if all(math.isfinite(r[k]) for r in rows)
-    }
