@@ -61,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .report import FACE_METRICS, SEARCH_METRICS, metrics_table
+    from .report import FACE_METRICS, metrics_table
+    from .search_report import SEARCH_METRICS
 
     run = Path(args.run)
     config = run / "config.yaml"

@@ -438,7 +438,7 @@ def evaluate(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict[st
     Returns:
         arm -> metric -> value.
     """
-    from .. import report
+    from .. import search_report
 
     run = Path(run_dir)
     cfg_path = run / "config.yaml"
@@ -474,7 +474,7 @@ def evaluate(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict[st
             )
     write_json(run / "metrics.json", summary)
     diagnostics = mining_diagnostics(cfg, data, run, progress)
-    report.search_report(run, cfg, summary, diagnostics)
+    search_report.search_report(run, cfg, summary, diagnostics)
     return summary
 
 
