@@ -7,6 +7,11 @@ extra resident memory of the process. Usage:
 
     python benchmarks/bench_loss.py --out benchmarks/loss_cpu.md
     python benchmarks/bench_loss.py --sizes 1800 --methods bare,tripletkit-hard   # a subset
+    python benchmarks/bench_loss.py --collapse --out benchmarks/loss_cpu.md   # collapse rows only
+
+``--collapse`` times tripletkit alone on ordinary and on collapsed embeddings (all within a ball
+of radius 1e-3), at B = 1800 and 8192 (or ``--sizes``), and rewrites only the "Collapsed
+embeddings" section of the table (a few minutes); a full run keeps that section as it was.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ DIM = 128
 # by up to 30% between processes on this machine); one for the slow libraries.
 ROUNDS = 3
 MARGIN = 0.2
+# Collapsed embeddings: a ball of this radius around one unit vector.
+COLLAPSE_RADIUS = 1e-3
+COLLAPSE_SIZES = (1800, 8192)
+COLLAPSE_TARGET = 1.5
+COLLAPSE_HEADING = "## Collapsed embeddings"
 METHODS = {
     "bare": "bare B x B product (E @ E.T, forward + backward)",
     "tripletkit-all": "tripletkit mining='all'",
@@ -91,14 +101,27 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_one(method: str, size: int) -> dict[str, float]:
+def embeddings_of(kind: str, size: int) -> Any:
+    """(size, DIM) embeddings: "ordinary" random unit vectors, or "collapsed" ones, uniform in
+    a ball of radius COLLAPSE_RADIUS around one unit vector (early in a bad run)."""
+    import torch
+
+    base = torch.nn.functional.normalize(torch.randn(size, DIM), dim=1)
+    if kind == "ordinary":
+        return base
+    centre = torch.nn.functional.normalize(torch.randn(1, DIM), dim=1)
+    radius = COLLAPSE_RADIUS * torch.rand(size, 1) ** (1 / DIM)
+    return centre + radius * base
+
+
+def run_one(method: str, size: int, kind: str = "ordinary") -> dict[str, float]:
     """Time one configuration in this process (call it in a fresh one)."""
     import torch
 
     torch.manual_seed(0)
     p, k = SIZES[size]
     labels = torch.arange(p).repeat_interleave(k)
-    base = torch.nn.functional.normalize(torch.randn(size, DIM), dim=1)
+    base = embeddings_of(kind, size)
     step: Callable = _step_function(method, labels)
     embeddings = base.clone().requires_grad_()
     warm = torch.randn(64, 64, requires_grad=True)  # thread pools and BLAS buffers
@@ -113,7 +136,11 @@ def run_one(method: str, size: int) -> dict[str, float]:
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     timed = sorted(times[1:])  # the first call warms the allocator up
-    return {"ms": 1000 * timed[len(timed) // 2], "peak_mb": max(0.0, peak - before)}
+    return {
+        "ms": 1000 * timed[len(timed) // 2],
+        "best_ms": 1000 * timed[0],
+        "peak_mb": max(0.0, peak - before),
+    }
 
 
 def _combine(cells: list[dict | str]) -> dict | str:
@@ -125,9 +152,11 @@ def _combine(cells: list[dict | str]) -> dict | str:
     return {"ms": times[len(times) // 2], "peak_mb": max(c["peak_mb"] for c in good)}
 
 
-def run_fresh(method: str, size: int, timeout: float) -> dict[str, float] | str:
+def run_fresh(
+    method: str, size: int, timeout: float, kind: str = "ordinary"
+) -> dict[str, float] | str:
     """run_one in a new interpreter; an error string on failure."""
-    cmd = [sys.executable, __file__, "--one", method, str(size)]
+    cmd = [sys.executable, __file__, "--one", method, str(size), kind]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -285,14 +314,27 @@ def _targets(results: dict[str, dict[int, dict | str]], sizes: list[int]) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "B"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--collapse", action="store_true", help="only the collapsed-embeddings comparison"
+    )
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="batch sizes")
     parser.add_argument("--methods", default=",".join(METHODS), help="methods, comma-separated")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]))))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), *args.one[2:])))
+        return
+    if args.collapse:
+        sizes = list(COLLAPSE_SIZES) if "--sizes" not in sys.argv else _sizes(args.sizes)
+        section = render_collapse(run_collapse(sizes, args.timeout))
+        if args.out:
+            old = args.out.read_text() if args.out.exists() else ""
+            write_text(args.out, replace_section(old, COLLAPSE_HEADING, section))
+            print(f"wrote {args.out}")
+        else:
+            print(section)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     methods = args.methods.split(",")
@@ -319,10 +361,111 @@ def main() -> None:
             results[method][size] = _combine(cells)
     report = render(results, sizes)
     if args.out:
-        write_text(args.out, report)
+        old = args.out.read_text() if args.out.exists() else ""
+        kept = section_of(old, COLLAPSE_HEADING)
+        write_text(args.out, replace_section(report, COLLAPSE_HEADING, kept) if kept else report)
         print(f"wrote {args.out}")
     else:
         print(report)
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [int(s) for s in text.split(",")]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        raise SystemExit(f"unknown sizes {unknown}; choose from {list(SIZES)}")
+    return sizes
+
+
+def run_collapse(sizes: list[int], timeout: float) -> dict[tuple[str, int, str], list[dict | str]]:
+    """Every tripletkit strategy on ordinary and collapsed embeddings, ROUNDS fresh processes
+    each, interleaved (ordinary and collapsed side by side, so load hits both). Returns the
+    cells of each round, in order."""
+    methods = [m for m in METHODS if m.startswith("tripletkit-")]
+    runs: dict[tuple[str, int, str], list[dict | str]] = {}
+    for size in sizes:
+        for _ in range(ROUNDS):
+            for method in methods:
+                for kind in ("ordinary", "collapsed"):
+                    cell = run_fresh(method, size, timeout, kind)
+                    runs.setdefault((method, size, kind), []).append(cell)
+                    shown = cell if isinstance(cell, str) else _fmt_ms(cell["best_ms"])
+                    print(f"B={size:5d} {method:22s} {kind:9s} best step {shown}", flush=True)
+    return runs
+
+
+def render_collapse(results: dict[tuple[str, int, str], list[dict | str]]) -> str:
+    """The "Collapsed embeddings" section: per round, the ratio of the best step on collapsed
+    embeddings to the best step on ordinary ones (the pair ran back to back); the median of
+    those ratios against the target, and the median best steps."""
+    sizes = sorted({size for _, size, _ in results})
+    lines = [
+        COLLAPSE_HEADING,
+        "",
+        f"Regenerate: `python benchmarks/bench_loss.py --collapse --out benchmarks/loss_cpu.md` "
+        f"({datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores; "
+        f"{_versions()}).",
+        "",
+        "Early in a bad run the embeddings collapse: here they lie in a ball of radius "
+        f"{COLLAPSE_RADIUS:g} around one unit vector (d = {DIM}, margin {MARGIN}, P x K labels as "
+        f"above). Each round runs ordinary then collapsed, each in a fresh process, {ROUNDS} "
+        "rounds interleaved over the strategies; a process reports its best step (the one "
+        "least disturbed by other jobs: the machine was shared and loaded, so absolute times "
+        "move between runs and only ratios within a run count). Each cell: median best step "
+        "ordinary / collapsed, and the median over rounds of the collapsed / ordinary ratio. "
+        f"Target: at most {COLLAPSE_TARGET}x.",
+        "",
+        "| method | "
+        + " | ".join(f"B={s} ({SIZES[s][0]}x{SIZES[s][1]}): ordinary / collapsed" for s in sizes)
+        + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for method in (m for m in METHODS if m.startswith("tripletkit-")):
+        cells = []
+        for size in sizes:
+            pairs = zip(
+                results.get((method, size, "ordinary"), []),
+                results.get((method, size, "collapsed"), []),
+                strict=True,
+            )
+            good = [(a, b) for a, b in pairs if isinstance(a, dict) and isinstance(b, dict)]
+            if not good:
+                cells.append("-")
+                continue
+            ratio = _median([b["best_ms"] / a["best_ms"] for a, b in good])
+            plain, collapsed = (_median([pair[i]["best_ms"] for pair in good]) for i in (0, 1))
+            verdict = "met" if ratio <= COLLAPSE_TARGET else "MISSED"
+            cells.append(f"{_fmt_ms(plain)} / {_fmt_ms(collapsed)} ({ratio:.2f}x, {verdict})")
+        lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def section_of(text: str, heading: str) -> str:
+    """The section of Markdown ``text`` under ``heading`` (up to the next "## "), or ""."""
+    start = text.find(heading + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end + 1 if end >= 0 else len(text)]
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with its ``heading`` section replaced by ``section``; a missing section goes
+    before "## Same batch, same definition" (or at the end)."""
+    section = section.rstrip("\n") + "\n"
+    old = section_of(text, heading)
+    if old:
+        return text.replace(old, section + ("\n" if not old.endswith("\n\n") else "\n"), 1)
+    anchor = text.find("## Same batch, same definition")
+    if anchor < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    return text[:anchor] + section + "\n" + text[anchor:]
 
 
 if __name__ == "__main__":

@@ -55,3 +55,78 @@ def test_bucketize_hand_cases(bucketing):
     # every threshold infinite: nothing lies below a finite value
     every = torch.full((1, 3), INF)
     assert torch.equal(bucketize(torch.tensor([[0.0, INF]]), every, ws), torch.tensor([[0, 0]]))
+
+
+def test_comparisons_count_past_255_thresholds():
+    """Regression: the counter was uint8 and wrapped to 0 at 256 thresholds."""
+    from tripletkit._bucketing import _by_comparisons
+
+    thresholds = torch.arange(300.0)[None]
+    values = torch.tensor([[-1.0, 0.5, 255.5, 256.5, 299.5, INF]])
+    got = _by_comparisons(values, thresholds, Workspace())
+    assert got.tolist() == [[0, 1, 256, 257, 300, 300]]
+
+
+@pytest.mark.parametrize("scale", [1e-38, 1e-30, 1e30, 3e38])
+def test_grid_keeps_order_at_any_scale(scale, bucketing):
+    """Regression: the grid's scale cells / spread overflowed for spreads near 1e-38 (and the
+    offset 1 - lo * scale for large values), although only the order matters."""
+    gen = torch.Generator().manual_seed(1)
+    thresholds = (torch.rand(3, 40, generator=gen) * scale).sort(dim=1).values
+    values = torch.rand(3, 50, generator=gen) * scale
+    values[:, :5] = thresholds[:, :5]  # exact ties
+    got = bucketize(values, thresholds, Workspace())
+    assert torch.equal(got, torch.searchsorted(thresholds, values.contiguous()))
+
+
+def test_grid_collapsed_rows_match_searchsorted():
+    """Collapse: values and the first threshold cluster share a cell of the plain grid, far
+    below a second cluster; the grid laid again over the values' range stays exact."""
+    gen = torch.Generator().manual_seed(2)
+    low = 2e-6 + torch.rand(4, 30, generator=gen, dtype=torch.float64) * 1e-7
+    thresholds = torch.cat([low, low + 0.2], 1).sort(dim=1).values
+    values = 2e-6 + torch.rand(4, 200, generator=gen, dtype=torch.float64) * 1e-7
+    values[:, :30] = low  # ties with every threshold of the first cluster
+    values[:, -3:] = torch.tensor([0.2, INF, 1.0], dtype=torch.float64)
+    got = bucketize(values, thresholds, Workspace())
+    assert torch.equal(got, torch.searchsorted(thresholds, values.contiguous()))
+
+
+def test_workspace_keys_buffers_by_dtype_and_device():
+    """Regression: keyed by name alone, alternating dtypes (or CPU and GPU) reallocated."""
+    ws = Workspace()
+    first = ws.get("buf", (10,), torch.float32, torch.device("cpu"))
+    ws.get("buf", (10,), torch.float64, torch.device("cpu"))
+    again = ws.get("buf", (10,), torch.float32, torch.device("cpu"))
+    assert again.data_ptr() == first.data_ptr()
+
+
+def test_workspace_is_bounded_and_can_be_released():
+    """Regression: after one B = 1024 call with 4 identities about 100 MB stayed, forever."""
+    import tripletkit
+    from tripletkit._bucketing import KEEP_BYTES, shared_workspace
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 8, generator=gen)
+    tripletkit.triplet_loss(x, torch.arange(4).repeat_interleave(256), mining="all")
+    held = shared_workspace().nbytes
+    assert 0 < held <= KEEP_BYTES
+    assert tripletkit.release_workspace() == held
+    assert shared_workspace().nbytes == 0
+    assert tripletkit.release_workspace() == 0
+
+
+def test_grid_stays_exact_whatever_the_previous_chunk_was():
+    """After a crowded chunk the next one starts on the values' grid: still exact, whether or
+    not that chunk is crowded too."""
+    gen = torch.Generator().manual_seed(3)
+    low = 2e-6 + torch.rand(3, 30, generator=gen) * 1e-7
+    crowded = torch.cat([low, low + 0.2], 1).sort(dim=1).values
+    crowded_values = 2e-6 + torch.rand(3, 100, generator=gen) * 1e-7
+    plain = torch.randn(3, 60, generator=gen).sort(dim=1).values
+    plain_values = torch.randn(3, 100, generator=gen) * 2
+    plain_values[:, :3] = INF
+    ws = Workspace()
+    for values, thresholds in [(crowded_values, crowded), (plain_values, plain)] * 2:
+        got = bucketize(values, thresholds, ws)
+        assert torch.equal(got, torch.searchsorted(thresholds, values.contiguous()))

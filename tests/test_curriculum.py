@@ -56,3 +56,19 @@ def test_apply_moves_the_loss_options():
 def test_bad_schedules_are_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Schedule(**kwargs)
+
+
+def test_readme_training_example_runs_the_curriculum_once_over_all_epochs():
+    """Regression: the README's sampler example restarted the curriculum every epoch (its step
+    came from enumerate(sampler)), so the offset never left margin / 2."""
+    import pathlib
+    import re
+
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    block = next(b for b in blocks if "PKSampler" in b and "curriculum" in b)
+    namespace: dict = {}
+    exec(compile(block, str(readme), "exec"), namespace)
+    sampler, loss_fn = namespace["sampler"], namespace["loss_fn"]
+    assert namespace["step"] == namespace["epochs"] * len(sampler)
+    assert loss_fn.offset == 0.0  # the schedule reached its end within the run

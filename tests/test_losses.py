@@ -47,12 +47,13 @@ def test_loss_matches_loop_oracle(layout, dtype, bucketing, gradient_path):
         offset = [0.0, 0.25, -0.3, -float("inf"), 2.0, float("inf")][seed]
         fallback = ("skip", "hardest", "easiest")[seed % 3]
         for options in OPTIONS:
+            semi = options["mining"] == "semi-hard"
             assert_matches_oracle(
                 x,
                 labels,
                 distance=distance,
-                offset=offset,
-                fallback=fallback,
+                offset=offset if semi else 0.0,
+                fallback=fallback if semi else "skip",
                 margin=[0.2, 0.0, 1.0][seed % 3],
                 **options,
             )
@@ -139,8 +140,9 @@ def test_finite_gradients_with_duplicate_embeddings(distance, mining, soft, grad
     base = torch.randn(3, 4)
     x = base.repeat_interleave(3, 0).requires_grad_()  # every point three times
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 0])
+    fallback = "hardest" if mining == "semi-hard" else "skip"
     loss, _ = triplet_loss(
-        x, labels, mining=mining, distance=distance, soft=soft, fallback="hardest"
+        x, labels, mining=mining, distance=distance, soft=soft, fallback=fallback
     )
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
@@ -151,16 +153,29 @@ def test_module_matches_function_and_is_tunable():
     labels = torch.arange(4).repeat_interleave(3)
     module = TripletLoss(margin=0.3, mining="hard")
     assert module(x, labels)[0] == triplet_loss(x, labels, margin=0.3, mining="hard")[0]
-    module.offset = 0.1
-    assert module(x, labels)[0] == triplet_loss(x, labels, margin=0.3, mining="hard", offset=0.1)[0]
     assert "mining='hard'" in repr(module)
+    module.mining, module.offset = "semi-hard", 0.1
+    want = triplet_loss(x, labels, margin=0.3, mining="semi-hard", offset=0.1)[0]
+    assert module(x, labels)[0] == want
 
 
-def test_half_precision_embeddings_are_mined_in_float32():
-    x = torch.randn(12, 4).to(torch.bfloat16).requires_grad_()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_embeddings_are_mined_in_float32(dtype):
+    x = torch.randn(12, 4).to(dtype).requires_grad_()
     loss, _ = triplet_loss(x, torch.arange(4).repeat_interleave(3))
     loss.backward()
-    assert loss.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
+
+
+def test_float16_sum_does_not_overflow():
+    """Regression: the float32 sum was cast back to float16, whose largest value is 65504."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(400, 8, generator=gen) * 10).half()
+    labels = torch.arange(100).repeat_interleave(4)
+    loss, _ = triplet_loss(x, labels, mining="all", reduction="sum")
+    want, _ = triplet_loss(x.float(), labels, mining="all", reduction="sum")
+    assert loss.item() > 65504 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, want)
 
 
 @pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
@@ -263,20 +278,16 @@ def test_relevance_loss_matches_loop_oracle(dtype, bucketing, gradient_path):
         distance = ("squared", "euclidean", "cosine")[seed % 3]
         offset = [0.0, 0.25, -0.3, 1.0][seed % 4]
         for options in OPTIONS:
+            semi = options["mining"] == "semi-hard"
+            chosen = dict(offset=offset if semi else 0.0, fallback="hardest" if semi else "skip")
             q1, d1 = queries.clone().requires_grad_(), docs.clone().requires_grad_()
             loss, stats = relevance_triplet_loss(
-                q1, d1, relevant, distance=distance, offset=offset, fallback="hardest", **options
+                q1, d1, relevant, distance=distance, **chosen, **options
             )
             loss.backward()
             q2, d2 = queries.clone().requires_grad_(), docs.clone().requires_grad_()
             ref, ref_stats = loop_loss(
-                q2,
-                relevant.numpy(),
-                documents=d2,
-                distance=distance,
-                offset=offset,
-                fallback="hardest",
-                **options,
+                q2, relevant.numpy(), documents=d2, distance=distance, **chosen, **options
             )
             ref.backward()
             tol = 1e-5 if dtype == torch.float32 else 1e-10
@@ -339,3 +350,123 @@ def test_module_relevance_method():
         module.relevance(q, d, relevant)[0]
         == relevance_triplet_loss(q, d, relevant, margin=0.3, mining="all")[0]
     )
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_embeddings_whose_distances_overflow_are_a_clear_error(mining, soft, gradient_path):
+    """Regression: finite float32 embeddings near 1e19 overflow to infinite distances; "hard"
+    crashed on index -1 (or in backward), semi-hard and batch-all returned a silent 0."""
+    x = torch.tensor([[1e19, 0.0], [2e19, 0.0], [-2e19, 0.0], [0.0, 3e19]], requires_grad=True)
+    with pytest.raises(ValueError, match=r"distances are not finite.*largest \|x\| = 3e\+19"):
+        triplet_loss(x, [0, 0, 1, 1], mining=mining, soft=soft)
+
+
+def test_empty_label_list_is_a_batch_of_zero():
+    """Regression: labels=[] reported "labels must be integers, got float64"."""
+    loss, stats = triplet_loss(torch.zeros(0, 3), [])
+    assert loss.item() == 0.0 and stats.valid_triplets == 0
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        triplet_loss(torch.zeros(2, 3), [])
+
+
+def test_relevance_loss_with_mixed_dtypes_is_a_clear_error():
+    """Regression: queries and documents of different dtypes raised a raw addmm error."""
+    relevant = torch.eye(3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="same dtype and device.*float32.*float64"):
+        relevance_triplet_loss(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64), relevant)
+
+
+def test_offset_and_margin_take_numpy_numbers_not_bools():
+    """Regression: offset=True was accepted and np.float32 offsets rejected."""
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(4).repeat_interleave(3)
+    want = triplet_loss(x, labels, offset=0.5, margin=0.25)[0]
+    assert triplet_loss(x, labels, offset=np.float32(0.5), margin=np.float64(0.25))[0] == want
+    for bad in (True, np.bool_(True)):
+        with pytest.raises(ValueError, match="offset must be a number"):
+            triplet_loss(x, labels, offset=bad)
+        with pytest.raises(ValueError, match="margin must be"):
+            TripletLoss(margin=bad)
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+def test_no_gradient_surrogate_without_gradient(mining, monkeypatch):
+    """Regression: with requires_grad=False (or under no_grad) the surrogate was still built."""
+    import tripletkit.losses as losses
+
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(10).repeat_interleave(4)
+    want = triplet_loss(x.clone().requires_grad_(), labels, mining=mining)[0].detach()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("surrogate built without gradient")
+
+    monkeypatch.setattr(losses, "distance_gradient_surrogate", refuse)
+    loss, _ = triplet_loss(x, labels, mining=mining)
+    assert not loss.requires_grad and loss == want
+    with torch.no_grad():
+        assert triplet_loss(x.clone().requires_grad_(), labels, mining=mining)[0] == want
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_every_strategy_runs_under_deterministic_algorithms(mining, soft, bucketing):
+    """The CUDA path must work under torch.use_deterministic_algorithms(True): counts stay in
+    integers. On CPU this checks that nothing refuses the mode and the result is unchanged."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 6, generator=gen)
+    labels = torch.randint(0, 4, (60,), generator=gen)
+    options = dict(mining=mining, soft=soft)
+    if mining == "semi-hard":
+        options.update(offset=0.1, fallback="hardest")
+    want = triplet_loss(x, labels, **options)[0]
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        e = x.clone().requires_grad_()
+        loss, _ = triplet_loss(e, labels, **options)
+        loss.backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert loss == want and torch.isfinite(e.grad).all()
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["balanced", "large_k"])
+def test_loss_on_device_matches_loop_oracle(device, layout, gradient_path):
+    """The oracle comparison on every available device (CUDA when there is one), in float64."""
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        labels = random_labels(layout, 30, gen)
+        x = torch.randn(len(labels), 5, generator=gen, dtype=torch.float64)
+        for options in OPTIONS:
+            semi = options["mining"] == "semi-hard"
+            extra = dict(offset=0.1, fallback="easiest") if semi else {}
+            ours = x.to(device, copy=True).requires_grad_()
+            loss, stats = triplet_loss(ours, labels.to(device), **extra, **options)
+            loss.backward()
+            ref = x.clone().requires_grad_()
+            ref_loss, _ = loop_loss(ref, labels.tolist(), **extra, **options)
+            ref_loss.backward()
+            torch.testing.assert_close(loss.detach().cpu(), ref_loss.detach())
+            torch.testing.assert_close(ours.grad.cpu(), ref.grad)
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_empty_batch_gives_zero_for_every_option(mining, soft):
+    """Found by the property tests: soft batch-all on an empty batch failed in torch.cat."""
+    x = torch.zeros(0, 3, requires_grad=True)
+    loss, stats = triplet_loss(x, torch.zeros(0, dtype=torch.long), mining=mining, soft=soft)
+    loss.backward()
+    assert loss.item() == 0.0 and stats.triplets == 0 and x.grad.shape == (0, 3)

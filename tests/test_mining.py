@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -104,9 +105,11 @@ def test_mining_matches_loop_oracle(layout, dtype, bucketing):
             dist = dist - dist.mean()
         offset = [0.0, 0.3, -0.4, -float("inf"), float("inf"), 1.5][seed % 6]
         for strategy in ("all", "hard", "semi-hard"):
-            for fallback in ("skip", "hardest", "easiest"):
-                got = mine(dist, labels, strategy, offset=offset, fallback=fallback)
-                want, dropped = loop_mine(dist.numpy(), labels.tolist(), strategy, offset, fallback)
+            semi = strategy == "semi-hard"
+            for fallback in ("skip", "hardest", "easiest") if semi else ("skip",):
+                t = offset if semi else 0.0
+                got = mine(dist, labels, strategy, offset=t, fallback=fallback)
+                want, dropped = loop_mine(dist.numpy(), labels.tolist(), strategy, t, fallback)
                 if strategy == "all":
                     assert sorted(got.as_list()) == want
                 else:
@@ -127,3 +130,80 @@ def test_label_groups():
     assert groups.kmax == 3
     pos, valid = groups.positive_slots(torch.arange(5))
     assert pos[valid].tolist() == [2, 3, 0, 3, 0, 2]
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("strategy", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("bad", [INF, NAN, -INF])
+def test_non_finite_distances_are_a_clear_error(strategy, bad):
+    """Regression: "hard" returned negative -1 when a row's negatives were all +inf or NaN;
+    semi-hard and batch-all went on silently."""
+    dist = D.clone()
+    dist[2, [0, 1]] = bad
+    with pytest.raises(ValueError, match="distances are not finite: row 2, column 0"):
+        mine(dist, LABELS, strategy)
+
+
+@pytest.mark.parametrize("scale", [1e-38, 1e-20, 1e20])
+def test_only_the_order_of_distances_matters(scale, bucketing):
+    """Regression: mine(D * 1e-38) failed on the grid path (its scale cells / spread
+    overflowed); any positive factor keeps the order, hence the triplets."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (60,), generator=gen)
+    dist = pairwise_distances(torch.randn(60, 4, generator=gen, dtype=torch.float64))
+    scaled = dist.float() * scale  # the oracle compares the scaled values themselves
+    for strategy in ("hard", "semi-hard"):
+        want, _ = loop_mine(scaled.numpy(), labels.tolist(), strategy)
+        assert mine(scaled, labels, strategy).as_list() == want, strategy
+
+
+def test_collapsed_distances_match_oracle(bucketing):
+    """Collapsed embeddings: every distance within 1e-6 of the others, the grid's crowded case."""
+    gen = torch.Generator().manual_seed(4)
+    x = 1.0 + 1e-3 * torch.randn(80, 16, generator=gen)
+    labels = torch.randint(0, 4, (80,), generator=gen)
+    dist = pairwise_distances(x)
+    for strategy in ("hard", "semi-hard"):
+        for offset in (0.0, 0.1, -1e-7) if strategy == "semi-hard" else (0.0,):
+            got = mine(dist, labels, strategy, offset=offset).as_list()
+            assert got == loop_mine(dist.numpy(), labels.tolist(), strategy, offset)[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((torch.zeros(4),), {"labels": [0, 0, 1, 1]}, "distances must be a 2-D tensor"),
+        (([[0.0]],), {"labels": [0]}, "distances must be a 2-D tensor"),
+        ((torch.zeros(4, 4, dtype=torch.long),), {"labels": [0, 0, 1, 1]}, "floating point"),
+        ((torch.zeros(4, 3),), {"labels": [0, 0, 1, 1]}, "must be square"),
+        ((torch.zeros(4, 4),), {"labels": [0, 0, 1]}, r"labels must have shape \(4,\)"),
+        ((torch.zeros(4, 4),), {"labels": [0.5, 0, 1, 1]}, "labels must be integers"),
+        ((torch.zeros(4, 3),), {"relevant": torch.zeros(4, 4, dtype=torch.bool)}, "relevant"),
+        ((torch.zeros(4, 4),), {}, "exactly one of labels and relevant"),
+        ((torch.zeros(4, 4),), {"labels": [0, 0, 1, 1], "offset": True}, "offset must be"),
+        ((torch.zeros(4, 4),), {"labels": [0, 0, 1, 1], "offset": "0.1"}, "offset must be"),
+    ],
+)
+def test_mine_bad_input_is_a_clear_error(args, kwargs, message):
+    """Regression: mine() had no shape checks (raw index errors deep inside)."""
+    with pytest.raises(ValueError, match=message):
+        mine(*args, **kwargs)
+
+
+def test_mine_takes_labels_of_any_integer_kind():
+    want = mine(D, LABELS).as_list()
+    assert mine(D, [0, 0, 1, 1]).as_list() == want
+    assert mine(D, np.array([3, 3, 200, 200], dtype=np.uint8)).as_list() == want
+    assert mine(D, torch.tensor([-1, -1, 5, 5], dtype=torch.int8)).as_list() == want
+    assert mine(D, LABELS, offset=np.float32(0.0)).as_list() == want
+
+
+@pytest.mark.parametrize("strategy", ["all", "hard"])
+@pytest.mark.parametrize("options", [{"offset": 0.1}, {"fallback": "hardest"}])
+def test_offset_and_fallback_outside_semi_hard_warn(strategy, options):
+    """Regression: offset and fallback were silently ignored by "all" and "hard"."""
+    with pytest.warns(UserWarning, match="apply to mining='semi-hard' only"):
+        got = mine(D, LABELS, strategy, **options)
+    assert got.as_list() == mine(D, LABELS, strategy).as_list()

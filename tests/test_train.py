@@ -215,3 +215,17 @@ def test_a_checkpoint_without_settings_resumes_with_a_warning(tmp_path):
     messages = " | ".join(str(w.message) for w in caught)
     assert "records no training settings" in messages
     assert "holds no state of the batch source" in messages
+
+
+def test_a_curriculum_moves_no_offset_for_strategies_without_one():
+    from tripletkit.config import LossConfig
+    from tripletkit.train import curriculum_from_config
+
+    for mining in ("hard", "all"):
+        assert curriculum_from_config(LossConfig(mining=mining, curriculum="default"))(100) is None
+        grown = curriculum_from_config(LossConfig(mining=mining, margin_end=0.5))(100)
+        assert (
+            grown is not None and grown.at(50)["offset"] == 0.0 and grown.at(100)["margin"] == 0.5
+        )
+    semi = curriculum_from_config(LossConfig(mining="semi-hard", curriculum="default"))(100)
+    assert semi is not None and semi.at(0)["offset"] == 0.1

@@ -1,5 +1,6 @@
 """tripletkit: FaceNet triplet loss with exact O(B^2) in-batch mining."""
 
+from ._bucketing import release_workspace
 from .curriculum import SCHEDULES, Curriculum, Schedule, default_curriculum
 from .distances import DISTANCES, paired_distances, pairwise_distances
 from .losses import REDUCTIONS, TripletLoss, TripletStats, relevance_triplet_loss, triplet_loss
@@ -27,5 +28,6 @@ __all__ = [
     "paired_distances",
     "pairwise_distances",
     "relevance_triplet_loss",
+    "release_workspace",
     "triplet_loss",
 ]

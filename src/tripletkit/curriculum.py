@@ -1,12 +1,16 @@
 """Schedules for the semi-hard offset t (and optionally the margin) over training steps.
 
-FaceNet's curriculum starts with easy triplets and makes them harder. With semi-hard mining a
-negative must satisfy d_an > d_ap + t, so a high t gives easy triplets and t = 0 gives FaceNet's
-semi-hard ones; t < 0 goes on to hard negatives.
+FaceNet describes its mining as giving triplets of increasing difficulty as training goes on,
+but gives no schedule and no offset. With semi-hard mining a negative must satisfy
+d_an > d_ap + t, so a high t gives easy triplets and t = 0 gives FaceNet's semi-hard ones;
+t < 0 goes on to hard negatives.
 
-The default (:func:`default_curriculum`) moves t linearly from margin / 2 to 0 over the first
-half of training and keeps it at 0 (semi-hard) afterwards: at first only negatives at least
-margin / 2 beyond the positive are chosen, so every loss term is below margin / 2.
+The default (:func:`default_curriculum`) is this project's reading of that, not a method from
+the paper: t moves linearly from margin / 2 to 0 over the first half of training and stays
+at 0 (semi-hard) afterwards. With fallback "skip", at first only negatives more than margin / 2
+beyond the positive are chosen, so every loss term is below margin / 2; with "hardest" or
+"easiest", pairs without such a negative take another one, whose term can reach the margin or
+more.
 """
 
 from __future__ import annotations
@@ -95,5 +99,7 @@ class Curriculum:
 
 
 def default_curriculum(total_steps: int, margin: float = 0.2) -> Curriculum:
-    """Easy to semi-hard: t goes linearly from margin / 2 to 0 over the first half of training."""
+    """Easy to semi-hard: t goes linearly from margin / 2 to 0 over the first half of training
+    (this project's schedule, not FaceNet's stated method; see the module docstring).
+    ``total_steps`` counts every optimiser step of training, across epochs."""
     return Curriculum(Schedule("linear", start=margin / 2, end=0.0, steps=max(1, total_steps // 2)))

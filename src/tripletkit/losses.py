@@ -8,7 +8,12 @@ For a selected triplet (a, p, n) with distances d_ap = D[a,p] and d_an = D[a,n]:
 
 Reductions: "mean" over the selected triplets, "mean_active" over the active ones (Hermans'
 BA!=0), "sum" (the paper's formula). A batch without a valid triplet gives a zero loss whose
-gradient is zero.
+gradient is zero. The loss has the embeddings' dtype, except for float16 and bfloat16
+embeddings: those are mined and reduced in float32 and the loss stays float32 (a sum over many
+triplets overflows float16), while their gradient comes back in their own dtype.
+
+Embeddings must be finite, and so must their distances: embeddings so large (about 1e19 in
+float32) that a squared distance overflows are a ValueError, not a silent zero.
 
 The loss never builds a (B, B, B) tensor or a list of all triplets: selection runs without
 gradient on the distance matrix (see :mod:`tripletkit.mining`), and since the loss is a weighted
@@ -35,8 +40,11 @@ from .mining import (
     Relevance,
     Scan,
     Triplets,
+    as_labels,
+    check_finite,
     check_mining_options,
     chunk_rows,
+    is_number,
     label_groups,
     masked_rows,
     scan,
@@ -115,21 +123,29 @@ def triplet_loss(
         reduction: "mean", "mean_active" or "sum".
 
     Returns:
-        The 0-d loss and a :class:`TripletStats`.
+        The 0-d loss (float32 for half-precision embeddings) and a :class:`TripletStats`.
 
     Raises:
-        ValueError: naming the argument at fault.
+        ValueError: naming the argument at fault; also when embeddings are so large that their
+            distances overflow.
     """
     check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
     labels = check_batch(embeddings, labels)
     x = _as_float(embeddings)
-    options = _Options(margin, mining, offset, fallback, distance, soft, reduction)
+    options = _Options(float(margin), mining, float(offset), fallback, distance, soft, reduction)
     with _full_precision(x):
         with torch.no_grad():
             dist = pairwise_distances(x.detach(), distance=distance)
+            check_finite(dist, _too_large(x))
             structure = label_groups(labels)
         loss, stats = _loss(x, None, dist, structure, options)
-    return loss.to(embeddings.dtype), stats
+    return loss, stats
+
+
+def _too_large(*xs: Tensor) -> str:
+    """The hint of a non-finite distance between finite embeddings."""
+    largest = max(float(x.detach().abs().max()) if x.numel() else 0.0 for x in xs)
+    return f"embeddings too large for {xs[0].dtype}? largest |x| = {largest:.3g}"
 
 
 def relevance_triplet_loss(
@@ -168,6 +184,11 @@ def relevance_triplet_loss(
             f"queries and documents must have the same dimension, got "
             f"{queries.shape[1]} and {documents.shape[1]}"
         )
+    if queries.dtype != documents.dtype or queries.device != documents.device:
+        raise ValueError(
+            f"queries and documents must have the same dtype and device, got "
+            f"{queries.dtype} on {queries.device} and {documents.dtype} on {documents.device}"
+        )
     if (
         not isinstance(relevant, Tensor)
         or relevant.dtype != torch.bool
@@ -179,13 +200,14 @@ def relevance_triplet_loss(
             f"{len(documents)}), got {shape}"
         )
     q, d = _as_float(queries), _as_float(documents)
-    options = _Options(margin, mining, offset, fallback, distance, soft, reduction)
+    options = _Options(float(margin), mining, float(offset), fallback, distance, soft, reduction)
     with _full_precision(q):
         with torch.no_grad():
             dist = pairwise_distances(q.detach(), d.detach(), distance=distance)
+            check_finite(dist, _too_large(q, d))
             structure = Relevance.from_mask(relevant.to(q.device))
         loss, stats = _loss(q, d, dist, structure, options)
-    return loss.to(queries.dtype), stats
+    return loss, stats
 
 
 @dataclass(frozen=True)
@@ -227,6 +249,7 @@ def _loss(
             fallback=o.fallback,
             hinge=not o.soft,
             weights_out=dist if in_place else None,
+            nonnegative=True,  # every distance of pairwise_distances is >= 0
         )
         if o.mining == "all":
             terms = (
@@ -235,8 +258,11 @@ def _loss(
         else:
             terms = _listed_terms(dist, select(found, o.mining, o.fallback), o.margin, o.soft)
     divisor = {"mean": terms.selected, "mean_active": terms.active, "sum": 1}[o.reduction]
+    tracked = torch.is_grad_enabled() and (x.requires_grad or (y is not None and y.requires_grad))
     if terms.selected == 0 or divisor == 0:
         loss = x.sum() * 0.0 + (0.0 if y is None else y.sum() * 0.0)
+    elif not tracked:  # no gradient wanted: no surrogate to build
+        loss = terms.value.to(x.dtype) / divisor
     else:
         # the distance matrix is spent: its memory takes the gradient's weights
         surrogate = distance_gradient_surrogate(
@@ -380,6 +406,9 @@ def _soft_all_terms(dist: Tensor, groups: Groups | Relevance) -> _Terms:
         weights.append(pos_weight[r, s])
         d_aps.append(d_ap[r, s])
     selected = int((groups.positives * groups.negatives).sum())
+    if not anchors:  # an empty batch has no chunk
+        anchors = positives = [dist.new_zeros(0, dtype=torch.long)]
+        weights = d_aps = [dist.new_zeros(0)]
     pairs = (torch.cat(anchors), torch.cat(positives), torch.cat(weights), torch.cat(d_aps))
     return _Terms(value, selected, selected, pairs, dense=(neg_weight, dist))
 
@@ -413,11 +442,7 @@ def check_loss_options(
     reduction: str,
 ) -> None:
     """Raise ValueError naming the option at fault."""
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, (int, float))
-        or not (math.isfinite(margin) and margin >= 0)
-    ):
+    if not is_number(margin) or not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     check_mining_options(mining, offset, fallback)
     check_distance(distance)
@@ -448,19 +473,4 @@ def check_batch(embeddings: Tensor, labels: Tensor | Sequence[int] | np.ndarray)
         ValueError: embeddings not a finite 2-D float tensor; labels not integers of length B.
     """
     check_embeddings(embeddings, "embeddings")
-    if not isinstance(labels, Tensor):
-        array = np.asarray(labels)
-        if array.dtype.kind not in "iu":
-            raise ValueError(f"labels must be integers, got {array.dtype} values")
-        labels = torch.as_tensor(array)
-    if (
-        labels.dtype in (torch.bool, torch.complex64, torch.complex128)
-        or labels.is_floating_point()
-    ):
-        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.dim() != 1 or len(labels) != len(embeddings):
-        raise ValueError(
-            f"labels must have shape ({len(embeddings)},) to match embeddings, "
-            f"got {tuple(labels.shape)}"
-        )
-    return labels.to(device=embeddings.device, dtype=torch.long)
+    return as_labels(labels, len(embeddings)).to(embeddings.device)

@@ -21,7 +21,11 @@ Strategies:
   ``dropped``), "hardest" takes the closest negative, "easiest" the farthest one (the behaviour of
   TF-Addons and sentence-transformers).
 
-Ties between equal distances go to the smallest column index.
+Ties between equal distances go to the smallest column index. Distances must be finite: NaN or
++-inf anywhere in the matrix is a ValueError naming the first row that holds one (an infinite
+distance has no order against another, and no gradient). ``offset`` and ``fallback`` belong to
+"semi-hard": with "all" or "hard" a value other than the default (0, "skip") has no effect and
+gives a UserWarning.
 
 How it stays O(B^2). Rows are processed in chunks. Per anchor there are k - 1 positives, hence a
 few sorted threshold lists (D[a,p], D[a,p] + m, ...). Each negative distance is bucketed once
@@ -32,8 +36,12 @@ cumulative sums over the k buckets instead of a (B, B, B) comparison.
 
 from __future__ import annotations
 
+import numbers
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -242,6 +250,7 @@ def scan(
     fallback: str = "skip",
     hinge: bool = True,
     weights_out: Tensor | None = None,
+    nonnegative: bool = False,
 ) -> Scan:
     """One chunked pass over ``distances`` that gathers what ``strategy`` and the statistics need.
 
@@ -256,11 +265,11 @@ def scan(
         hinge: with "all", also compute hinge counts, sums and negative weights.
         weights_out: (R, C) tensor to hold the negative weights, or None for a new one. It may
             be ``distances`` itself: a chunk's rows are read before they are overwritten.
+        nonnegative: the caller knows that no distance is negative (else one check per call).
 
     Returns:
         A :class:`Scan`.
     """
-    check_mining_options(strategy, offset, fallback)
     n, n_cols = distances.shape
     device = distances.device
     groups = structure
@@ -300,8 +309,12 @@ def scan(
         return out
     blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
     ws = shared_workspace()
+    ws.crowded = False  # each call finds out again whether its grid cells are crowded
+    # one host sync per call, not per chunk: negative floats need another integer order
+    signed = semi and not nonnegative and bool(distances.amin() < 0)
     for rows in chunk_rows(n, max(n_cols, blocks * slots + 2)):
-        _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, ws)
+        _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, signed, ws)
+    ws.trim()
     return out
 
 
@@ -314,6 +327,7 @@ def _scan_chunk(
     offset: float,
     semi: bool,
     all_hinge: bool,
+    signed: bool,
     ws: Workspace,
 ) -> None:
     """Fill ``out`` for one chunk of rows."""
@@ -354,8 +368,10 @@ def _scan_chunk(
     # count, sum or minimum reads them.
     bucket = bucketize(chunk, sorted_thr, ws)
     width = sorted_thr.shape[1] + 1
-    ones = torch.ones((), dtype=chunk.dtype, device=chunk.device).expand_as(chunk)
-    count = torch.zeros(len(chunk), width, dtype=chunk.dtype, device=chunk.device)
+    # counts in integers: exact at any B, and a float cumsum is refused on CUDA under
+    # torch.use_deterministic_algorithms(True)
+    ones = torch.ones((), dtype=torch.long, device=chunk.device).expand_as(bucket)
+    count = torch.zeros(len(chunk), width, dtype=torch.long, device=chunk.device)
     at_most = count.scatter_add_(1, bucket, ones).cumsum(1).gather(1, where)
 
     valid = pos_valid & out.has_neg[rows, None]
@@ -368,7 +384,7 @@ def _scan_chunk(
     if semi:
         above = where[:, semi_block * slots : (semi_block + 1) * slots] + 1
         assert out.chosen is not None
-        found, pick = _closest_above(chunk, bucket, above, width, ws)
+        found, pick = _closest_above(chunk, bucket, above, width, signed, ws)
         out.chosen[rows] = torch.where(found & valid, pick, -1)
 
 
@@ -417,25 +433,25 @@ def _hinge_sums(
     # Masked entries add +inf to their own bucket, past every finite threshold: never read.
     sums = torch.zeros(len(chunk), at_most.shape[1] + 1, dtype=chunk.dtype, device=chunk.device)
     below_sum = sums.scatter_add_(1, bucket, chunk).cumsum(1).gather(1, where)
-    out.hinge_count[rows] = torch.where(valid, at_most[:, cols], 0.0)
+    out.hinge_count[rows] = torch.where(valid, at_most[:, cols], 0).to(chunk.dtype)
     out.hinge_sum[rows] = torch.where(valid, below_sum[:, cols], 0.0)
     # weight of negative n = -#{valid hinge thresholds >= its bucket} = #{those before} - total.
     is_hinge = torch.zeros_like(at_most)
-    is_hinge[:, cols] = valid.to(chunk.dtype)
+    is_hinge[:, cols] = valid.long()
     before = torch.cat([torch.zeros_like(is_hinge[:, :1]), is_hinge.gather(1, perm).cumsum(1)], 1)
     total = is_hinge.sum(1, keepdim=True)
-    seen = torch.gather(before, 1, bucket, out=ws.like("scratch", chunk))
+    seen = torch.gather(before, 1, bucket, out=ws.like("cell", chunk, torch.long))
     torch.sub(seen, total, out=out.neg_weight[rows])
 
 
 def _closest_above(
-    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, ws: Workspace
+    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, signed: bool, ws: Workspace
 ) -> tuple[Tensor, Tensor]:
     """Per pair: the closest negative in buckets ``above`` and higher (strictly above the
     pair's semi-hard threshold), ties to the smallest column. Returns whether one exists and
     its column."""
     if chunk.dtype == torch.float32:
-        return _closest_above_packed(chunk, bucket, above, width, ws)
+        return _closest_above_packed(chunk, bucket, above, width, signed, ws)
     n_rows, n_cols = chunk.shape
     low = torch.full((n_rows, width), float("inf"), dtype=chunk.dtype, device=chunk.device)
     low.scatter_reduce_(1, bucket, chunk, "amin")
@@ -457,14 +473,14 @@ def _closest_above(
 
 
 def _closest_above_packed(
-    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, ws: Workspace
+    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, signed: bool, ws: Workspace
 ) -> tuple[Tensor, Tensor]:
     """:func:`_closest_above` for float32 in one reduction: the value's bits (made to order as
     integers) in the high half of an int64 and the column in the low half, so the minimum key
     per bucket is the closest negative with the smallest column among ties."""
     n_rows, n_cols = chunk.shape
     key = ws.like("key", chunk, torch.int64).copy_(chunk.view(torch.int32))  # sign-extended
-    if bool(chunk.amin() < 0):  # negative floats order backwards as integers
+    if signed:  # negative floats order backwards as integers
         key.bitwise_xor_(torch.bitwise_right_shift(key, 31).bitwise_and_(0x7FFFFFFF))
     key.bitwise_left_shift_(32).bitwise_or_(torch.arange(n_cols, device=chunk.device))
     low = torch.full((n_rows, width), torch.iinfo(torch.int64).max, device=chunk.device)
@@ -475,13 +491,67 @@ def _closest_above_packed(
 
 
 def check_mining_options(strategy: str, offset: float, fallback: str) -> None:
-    """Raise ValueError naming the argument at fault."""
+    """Raise ValueError naming the argument at fault; warn when ``offset`` or ``fallback`` is
+    set for a strategy that ignores it."""
     if strategy not in STRATEGIES:
         raise ValueError(f"mining must be one of {STRATEGIES}, got {strategy!r}")
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if not isinstance(offset, (int, float)) or offset != offset:
+    if not is_number(offset) or offset != offset:
         raise ValueError(f"offset must be a number (inf allowed, not NaN), got {offset!r}")
+    if strategy != "semi-hard" and (offset != 0 or fallback != "skip"):
+        warnings.warn(
+            f"offset and fallback apply to mining='semi-hard' only; mining={strategy!r} "
+            "ignores them",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def as_labels(labels: Tensor | Sequence[int] | np.ndarray, n: int, name: str = "labels") -> Tensor:
+    """(n,) int64 labels from a tensor, a NumPy array or a sequence of integers.
+
+    Raises:
+        ValueError: naming ``name``: not integers, or not of shape (n,).
+    """
+    if not isinstance(labels, Tensor):
+        array = np.asarray(labels)
+        if array.size == 0 and array.dtype.kind == "f":  # np.asarray([]) is float64
+            array = array.astype(np.int64)
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be integers, got {array.dtype} values")
+        labels = torch.as_tensor(array)
+    if labels.dtype in (torch.bool, torch.complex64, torch.complex128) or (
+        labels.is_floating_point()
+    ):
+        raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if labels.dim() != 1 or len(labels) != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
+    return labels.to(torch.long)
+
+
+def check_finite(distances: Tensor, hint: str = "") -> None:
+    """Raise ValueError naming the first row of ``distances`` with a NaN or infinite value.
+
+    One reduction over the matrix (min and max together) and one host sync per call.
+    """
+    if not distances.numel():
+        return
+    low, high = torch.aminmax(distances)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return
+    bad = ~torch.isfinite(distances)
+    row = int(torch.nonzero(bad.any(1))[0])
+    col = int(torch.nonzero(bad[row])[0])
+    raise ValueError(
+        f"distances are not finite: row {row}, column {col} is {float(distances[row, col])}"
+        + (f" ({hint})" if hint else "")
+    )
 
 
 def select(result: Scan, strategy: str, fallback: str = "skip") -> Triplets:
@@ -541,7 +611,7 @@ def mine(
         distances: (B, B) distances between examples with ``labels``, or (Q, D) distances
             between queries and documents with ``relevant`` (any dissimilarity; only its order
             matters).
-        labels: (B,) integer labels.
+        labels: (B,) integer labels (a tensor, NumPy array or list).
         strategy: "all", "hard" or "semi-hard" (see the module docstring).
         relevant: (Q, D) bool, instead of labels: relevant[q, d] makes d a positive of q, and
             never a negative.
@@ -551,15 +621,35 @@ def mine(
     Returns:
         :class:`Triplets`, sorted by (anchor, positive). "all" lists every valid triplet, which
         takes memory in their number; :func:`tripletkit.triplet_loss` never does.
+
+    Raises:
+        ValueError: naming the argument at fault: bad shapes, labels that are not integers, a
+            NaN or infinite distance (its row and column).
     """
     check_mining_options(strategy, offset, fallback)
+    if not isinstance(distances, Tensor) or distances.dim() != 2:
+        shape = tuple(distances.shape) if isinstance(distances, Tensor) else type(distances)
+        raise ValueError(f"distances must be a 2-D tensor, got {shape}")
+    if not distances.is_floating_point():
+        raise ValueError(f"distances must be floating point, got dtype {distances.dtype}")
     structure: Groups | Relevance
     if relevant is not None and labels is None:
-        structure = Relevance.from_mask(relevant.bool())
+        if not isinstance(relevant, Tensor) or relevant.shape != distances.shape:
+            shape = tuple(relevant.shape) if isinstance(relevant, Tensor) else type(relevant)
+            raise ValueError(
+                f"relevant must have the shape of distances {tuple(distances.shape)}, got {shape}"
+            )
+        structure = Relevance.from_mask(relevant.bool().to(distances.device))
     elif labels is not None and relevant is None:
-        structure = label_groups(labels)
+        if distances.shape[0] != distances.shape[1]:
+            raise ValueError(
+                f"distances with labels must be square (B, B), got {tuple(distances.shape)}; "
+                "use relevant= for queries x documents"
+            )
+        structure = label_groups(as_labels(labels, len(distances)).to(distances.device))
     else:
         raise ValueError("give exactly one of labels and relevant")
+    check_finite(distances)
     with torch.no_grad():
         if strategy == "all":
             return all_triplets(structure)

@@ -420,6 +420,8 @@ def curriculum_from_config(loss: LossConfig) -> Callable[[int], Curriculum | Non
         margin = None
         if loss.margin_end is not None:
             margin = Schedule("linear", loss.margin, loss.margin_end, max(1, total))
+        if loss.mining != "semi-hard":  # the offset is semi-hard's: nothing else to move
+            return None if margin is None else Curriculum(Schedule("constant", 0.0), margin)
         if loss.curriculum == "none":
             offset = Schedule("constant", loss.offset)
         elif loss.curriculum == "default":
