@@ -104,7 +104,7 @@ def test_embed_cluster_verify(trained, tmp_path, capsys):
         == 0
     )
     answer = json.loads(capsys.readouterr().out)
-    assert set(answer) == {"distance", "threshold", "same_person"}
+    assert {"distance", "threshold", "same_person", "calibration", "faces"} == set(answer)
 
 
 def test_errors_name_the_problem(tmp_path, capsys):
@@ -171,7 +171,7 @@ def test_cluster_threshold_zero_is_used_not_replaced_by_the_models(trained, tmp_
     [
         (["--threshold", "-1"], "--threshold must be a distance >= 0"),
         (["--clusters", "0"], "--clusters must be at least 1"),
-        (["--clusters", "99"], "--clusters 99 is more than the 24 image"),
+        (["--clusters", "99"], "--clusters 99 is more than the 24 face"),
     ],
 )
 def test_cluster_options_out_of_range_are_errors(trained, tmp_path, capsys, extra, message):
@@ -186,17 +186,18 @@ def _one_fold(faces: Path) -> Config:
 
 
 def test_kill_between_weights_and_model_json_leaves_no_finished_fold(tmp_path, monkeypatch):
+    from tripletkit.tasks import face_models
     from tripletkit.tasks import faces as task
 
     cfg = _one_fold(make_faces(tmp_path / "faces"))
-    run, real_write_json = tmp_path / "run", task.write_json
+    run, real_write_json = tmp_path / "run", face_models.write_json
 
     def killed_at_model_json(path, data):
         if Path(path).name == "model.json":
             raise KeyboardInterrupt("killed after the weights, before model.json")
         return real_write_json(path, data)
 
-    monkeypatch.setattr(task, "write_json", killed_at_model_json)
+    monkeypatch.setattr(face_models, "write_json", killed_at_model_json)
     with pytest.raises(KeyboardInterrupt):
         task.train(cfg, run, progress=False)
     fold = run / "fold0"
@@ -205,7 +206,7 @@ def test_kill_between_weights_and_model_json_leaves_no_finished_fold(tmp_path, m
     assert (fold / "checkpoint.pt").exists()  # training itself is kept
     with pytest.raises(ValueError, match="no model in"):
         task.load_model(fold)
-    monkeypatch.setattr(task, "write_json", real_write_json)
+    monkeypatch.setattr(face_models, "write_json", real_write_json)
     task.train(cfg, run, resume=True, progress=False)  # the fold is not skipped as done
     assert task.model_saved(fold)
     assert task.load_model(fold)[1] == cfg
@@ -246,7 +247,9 @@ def test_saving_over_a_model_keeps_the_old_one_until_the_new_one_is_complete(tmp
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(task, "save_file", fail)
+    from tripletkit.tasks import face_models
+
+    monkeypatch.setattr(face_models, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
         task.save_model(fold, model, cfg, {"threshold": 9.0, "cluster_threshold": 9.0})
     assert task.load_model(fold)[2] == {"threshold": 0.5, "cluster_threshold": 0.7}

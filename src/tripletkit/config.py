@@ -34,6 +34,14 @@ class DataConfig:
         strict: an unreadable image is an error instead of a warning.
         pairs: optional LFW-style pairs file for verification.
         detect: find and crop the largest face in each image first (OpenCV cascade).
+        val_people: how many of each fold's training people are held out as validation
+            people (seeded by ``seed`` and the fold): every choice (thresholds, steps, recipe)
+            is made on them; 0: none (thresholds then come from the training people).
+        lowres: the resolutions the experiment runs at, as shrink factors: 1 is the images as
+            they are, 4 each image shrunk 4x with bilinear filtering and enlarged back
+            (:func:`tripletkit.data.chips.low_resolution`). The dlib backbone runs every
+            factor (methods of factor f > 1 are suffixed "-lowres", or "-lowres<f>" when there
+            are several); the scratch backbone only the first.
     """
 
     source: str = "orl"
@@ -46,13 +54,33 @@ class DataConfig:
     strict: bool = False
     pairs: str | None = None
     detect: bool = False
+    val_people: int = 0
+    lowres: tuple[int, ...] = (1,)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A compact residual CNN: ``stages`` widths, ``blocks`` per stage, ``dim``-d output, and an
-    "avg" (global average pooling) or "flatten" (spatial) head."""
+    """The network: ``backbone`` "scratch" or "dlib".
 
+    "scratch": a compact residual CNN trained from scratch: ``stages`` widths, ``blocks`` per
+    stage, ``dim``-d output, and an "avg" (global average pooling) or "flatten" (spatial) head.
+
+    "dlib": dlib's pretrained face descriptor on aligned 150 x 150 chips, fine-tuned with the
+    triplet loss: ``train_levels`` of its 5 levels from the top (and its final linear layer)
+    train, 0 keeps it frozen; the levels below are frozen and their output computed once.
+    ``mirror``: fine-tuning also sees each chip mirrored. ``mix_resolutions``: fine-tune one
+    model per fold on the chips of every ``data.lowres`` factor together (the same person at
+    several resolutions in one batch) instead of one model per factor. ``eval_every``: log
+    VAL@1e-3 and EER on the validation people every that many steps (0: at the start and the
+    end only). ``far``: the false-accept rate of the verification threshold.
+    """
+
+    backbone: str = "scratch"
+    train_levels: int = 2
+    mirror: bool = True
+    mix_resolutions: bool = False
+    eval_every: int = 0
+    far: float = 1e-3
     stages: tuple[int, ...] = (16, 32, 64, 128)
     blocks: int = 1
     dim: int = 128
@@ -171,8 +199,10 @@ class NegativesConfig:
 class SearchConfig:
     """A semantic-search run: data, encoder, negatives, loss, training, and the arms.
 
-    Arms: "bm25", "base" (zero-shot), "in_batch" (no mined negatives), "mined_unfiltered",
-    "mined_filtered".
+    Arms (:mod:`tripletkit.tasks.search_arms`): "bm25", "bm25_standard", "base" (zero-shot),
+    "in_batch" (no mined negatives), "mined_naive", "mined_unfiltered", "mined_qrels_only",
+    "mined_margin_only", "mined_filtered". Each trained arm runs once per seed of ``seeds``
+    (empty: ``train.seed`` alone), an arm listed in ``one_seed`` with the first seed only.
     """
 
     name: str = "search-demo"
@@ -185,6 +215,8 @@ class SearchConfig:
     index: str = "flat"
     arms: tuple[str, ...] = ("bm25", "base", "mined_filtered")
     eval_every: int = 0
+    seeds: tuple[int, ...] = ()
+    one_seed: tuple[str, ...] = ()
 
 
 TASKS = {"faces": Config, "search": SearchConfig}

@@ -1,41 +1,39 @@
 """Faces: train on some identities, evaluate FaceNet's protocols on held-out ones.
 
-A run folder holds ``config.yaml``, one model folder per identity fold (``fold0`` ...), one per
-ablation arm and fold (``ablation/<arm>/fold0`` ...), and after :func:`evaluate`
-``metrics.json``, ``report.md`` and the figures.
+Two backbones (``model.backbone``): "scratch", the residual CNN trained from scratch, and
+"dlib", the pretrained dlib descriptor fine-tuned with the triplet loss
+(:mod:`tripletkit.tasks.dlib_run`, :mod:`tripletkit.tasks.finetune`).
 
-A model folder holds the training checkpoint and log, and once training is over the model:
-``model.safetensors`` and ``model.json``, which names the weights file. The folder is written
-as one unit (:func:`tripletkit._io.atomic_folder`), so a reader, and a resumed run, finds either
-the folder before the model or the folder with the complete model, never weights without their
-``model.json``.
+A run folder holds ``config.yaml``, ``run.json`` (the config hash, the data digest and each
+fold's train / validation / test people: :mod:`tripletkit.tasks.face_runs`), one model folder
+per identity fold (``fold0`` ...; :mod:`tripletkit.tasks.face_models`), for the scratch
+backbone one per ablation arm and fold (``ablation/<arm>/fold0`` ...), for the dlib backbone
+one per further resolution and fold (``lowres4/fold0`` ...), and after :func:`evaluate`
+``metrics.json``, ``report.md`` and the figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from PIL import Image
 from sklearn.decomposition import PCA
 from torch import Tensor
 
 from .. import distributed, metrics
-from .._io import atomic_folder, write_json, write_text
+from .._io import write_json, write_text
 from ..config import Config, DataConfig, from_dict, to_dict
+from ..data.chips import low_resolution
 from ..data.images import (
     SUFFIXES,
     ImageSet,
     augment,
-    identity_folds,
     load_identities,
     orl_root,
     read_pairs,
@@ -45,6 +43,16 @@ from ..losses import TripletLoss, TripletStats
 from ..models import ResNetEmbedder
 from ..sampling import PKSampler
 from ..train import curriculum_from_config, fit, loss_from_config
+from .face_models import (
+    calibrate,
+    embed_chips,
+    load_model,
+    model_saved,
+    save_model,
+    scratch_network,
+)
+from .face_models import embed_scratch as embed
+from .face_runs import Fold, check_record, folds, make_record, write_record
 
 # Ablation arms: loss options layered over the run's config.
 ARMS: dict[str, dict[str, object]] = {
@@ -56,49 +64,33 @@ ARMS: dict[str, dict[str, object]] = {
 BASELINES = ("eigenfaces", "pixels", "untrained")
 
 
-@dataclass(frozen=True)
-class Fold:
-    """Training and test example indices of one identity fold."""
-
-    name: str
-    train: np.ndarray
-    test: np.ndarray
-
-
-def load_faces(cfg: DataConfig) -> ImageSet:
-    """The configured image set: ORL or a folder per identity, optionally face-cropped."""
-    crop = None
+def load_faces(cfg: DataConfig, factor: int | None = None) -> ImageSet:
+    """The configured image set: ORL or a folder per identity, optionally face-cropped, at
+    resolution factor ``factor`` (default the first of ``data.lowres``; see
+    :func:`tripletkit.data.chips.low_resolution`, applied before cropping and resizing)."""
+    factor = cfg.lowres[0] if factor is None else factor
+    finder = None
     if cfg.detect:
         from ..data.detect import face_cropper
 
-        crop = face_cropper()
+        finder = face_cropper()
+
+    def crop(image: Image.Image) -> Image.Image | None:
+        image = low_resolution(image, factor)
+        return finder(image) if finder is not None else image
+
     if cfg.source == "orl":
         root, suffixes = orl_root(), {".pgm"}  # ORL ships one stray JPEG
     else:
         root, suffixes = Path(cfg.source), SUFFIXES
     return load_identities(
-        root, (cfg.height, cfg.width), cfg.channels, strict=cfg.strict, suffixes=suffixes, crop=crop
+        root,
+        (cfg.height, cfg.width),
+        cfg.channels,
+        strict=cfg.strict,
+        suffixes=suffixes,
+        crop=crop if (finder is not None or factor != 1) else None,
     )
-
-
-def folds(cfg: DataConfig, data: ImageSet) -> list[Fold]:
-    """The configured identity folds (``fold`` "all", an index, or "none": train on all)."""
-    labels = data.labels.numpy()
-    everyone = np.arange(len(labels))
-    if cfg.fold == "none":
-        return [Fold("all", everyone, everyone[:0])]
-    parts = identity_folds(len(data.names), cfg.folds, cfg.seed)
-    if cfg.fold == "all":
-        chosen = list(range(cfg.folds))
-    elif cfg.fold.isdigit() and int(cfg.fold) < cfg.folds:
-        chosen = [int(cfg.fold)]
-    else:
-        raise ValueError(f"data.fold must be 'all', 'none' or 0..{cfg.folds - 1}, got {cfg.fold!r}")
-    out = []
-    for k in chosen:
-        test = np.isin(labels, parts[k])
-        out.append(Fold(f"fold{k}", everyone[~test], everyone[test]))
-    return out
 
 
 class FaceBatches:
@@ -146,31 +138,7 @@ class FaceBatches:
 def build_model(cfg: Config) -> ResNetEmbedder:
     """The configured network, initialised from ``train.seed``."""
     torch.manual_seed(cfg.train.seed)
-    return _network(cfg)
-
-
-def _network(cfg: Config) -> ResNetEmbedder:
-    return ResNetEmbedder(
-        cfg.data.channels,
-        cfg.model.stages,
-        cfg.model.blocks,
-        cfg.model.dim,
-        cfg.model.head,
-        (cfg.data.height, cfg.data.width),
-    )
-
-
-def embed(model: torch.nn.Module, images: Tensor, batch_size: int = 128) -> np.ndarray:
-    """(N, C, H, W) uint8 -> (N, d) embeddings, averaged with the mirrored image."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = to_float(images[start : start + batch_size]).to(device)
-            e = model(x) + model(torch.flip(x, dims=[3]))
-            out.append(torch.nn.functional.normalize(e, dim=1).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    return scratch_network(cfg)
 
 
 def train_model(
@@ -178,11 +146,13 @@ def train_model(
     data: ImageSet,
     out_dir: Path,
     *,
+    calibration: ImageSet | None = None,
     resume: bool = False,
     progress: bool = True,
     stop_after_epoch: int | None = None,
 ) -> ResNetEmbedder:
-    """Train one model on ``data`` and save it with its verification threshold."""
+    """Train one from-scratch model on ``data`` and save it with thresholds calibrated on
+    ``calibration`` (the validation people; None: the training people themselves)."""
     model = build_model(cfg)
     fit(
         model,
@@ -206,103 +176,16 @@ def train_model(
             },
         },
     )
-    embeddings = distributed.sharded(lambda part: embed(model, part), data.images)
+    who = "validation" if calibration is not None else "training"
+    calibration = data if calibration is None else calibration
+    embeddings = distributed.sharded(lambda part: embed(model, part), calibration.images)
     if not distributed.is_main():
         return model
-    dist = metrics.distance_matrix(embeddings)
-    labels = data.labels.numpy()
-    d, same = metrics.all_pairs(dist, labels)
-    thresholds = {
-        "threshold": metrics.best_threshold(d, same),
-        "cluster_threshold": metrics.clustering_threshold(dist, labels),
-    }
-    save_model(out_dir, model.cpu(), cfg, thresholds)
+    labels = calibration.labels.numpy()
+    thresholds: dict[str, object] = dict(calibrate(embeddings, labels, cfg.model.far))
+    thresholds["calibration"] = f"{len(np.unique(labels))} {who} people at FAR {cfg.model.far:g}"
+    save_model(out_dir, model.cpu(), cfg, thresholds, kind="scratch")
     return model
-
-
-WEIGHTS = "model.safetensors"
-
-
-def save_model(
-    folder: Path, model: torch.nn.Module, cfg: Config, thresholds: dict[str, float]
-) -> None:
-    """``model.safetensors`` and ``model.json``: the weights file's name, the config, the
-    verification threshold (best accuracy on training pairs) and the clustering threshold (best
-    ARI on training people).
-
-    The folder is replaced as one unit: a new folder gets the model and the files already in
-    ``folder`` (checkpoint, log), then takes its place; an interruption leaves the old folder.
-    """
-    folder = Path(folder)
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    with atomic_folder(folder) as tmp:
-        if folder.is_dir():
-            _carry_over(folder, tmp, skip={WEIGHTS, "model.json"})
-        save_file(weights, str(tmp / WEIGHTS))
-        write_json(tmp / "model.json", {"weights": WEIGHTS, "config": to_dict(cfg), **thresholds})
-
-
-def _carry_over(source: Path, target: Path, skip: set[str]) -> None:
-    """Every entry of ``source`` but ``skip`` into ``target``: files hard-linked (copied where
-    links are not possible), folders copied the same way."""
-
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    for entry in source.iterdir():
-        if entry.name in skip:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target / entry.name, symlinks=True, copy_function=link)
-        elif entry.is_symlink():
-            os.symlink(os.readlink(entry), target / entry.name)
-        else:
-            link(str(entry), str(target / entry.name))
-
-
-def model_saved(folder: str | Path) -> bool:
-    """True when ``folder`` holds a complete model: a ``model.json`` that parses and names its
-    weights file, and that file. (Weights alone, or a ``model.json`` of an older version that
-    does not name them, do not count.)"""
-    meta_path = Path(folder) / "model.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    name = meta.get("weights") if isinstance(meta, dict) else None
-    return isinstance(name, str) and (Path(folder) / name).is_file()
-
-
-def load_model(folder: str | Path) -> tuple[ResNetEmbedder, Config, dict[str, float]]:
-    """A model saved by :func:`save_model`, with its config and thresholds.
-
-    Raises:
-        ValueError: naming the folder or file when the model is missing or incomplete.
-    """
-    folder = Path(folder)
-    meta_path = folder / "model.json"
-    if not meta_path.is_file():
-        raise ValueError(f"no model in {folder} (expected model.json and model.safetensors)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path}: expected a JSON object")
-    missing = {"config", "threshold", "cluster_threshold"} - set(meta)
-    if missing:
-        raise ValueError(f"{meta_path}: missing key(s) {', '.join(sorted(missing))}")
-    weights = folder / str(meta.get("weights", WEIGHTS))  # older model.json: no "weights"
-    if not weights.is_file():
-        raise ValueError(f"{meta_path} names the weights {weights.name}, which are missing")
-    cfg = from_dict(Config, meta["config"], where=str(meta_path))
-    model = _network(cfg)
-    model.load_state_dict(load_file(str(weights)))
-    model.eval()
-    return model, cfg, {k: float(meta[k]) for k in ("threshold", "cluster_threshold")}
 
 
 def arm_config(cfg: Config, arm: str) -> Config:
@@ -320,68 +203,141 @@ def arm_folder(cfg: Config, run: Path, arm: str) -> Path:
 def train(
     cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> list[Path]:
-    """Train the configured model on every fold, and every ablation arm; return model folders."""
+    """Train the configured model on every fold (and every ablation arm, or every resolution
+    of the dlib backbone); return the model folders.
+
+    Raises:
+        ValueError: with ``resume``, when the run was trained with another config or data
+            (naming what differs); a bad ``model.backbone``.
+    """
     run = Path(run_dir)
-    data = load_faces(cfg.data)
+    if cfg.model.backbone not in ("scratch", "dlib"):
+        raise ValueError(f"model.backbone must be 'scratch' or 'dlib', got {cfg.model.backbone!r}")
     distributed.check_same(to_dict(cfg))
-    if distributed.is_main():
-        write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if cfg.model.backbone == "dlib":
+        return _train_dlib(cfg, run, resume=resume, progress=progress)
+    data = load_faces(cfg.data)
+    plan = folds(cfg.data, data)
+    _start_run(cfg, run, make_record(cfg, data, plan), resume)
     jobs = {run: cfg}
     for arm in cfg.ablation:
         jobs.setdefault(arm_folder(cfg, run, arm), arm_config(cfg, arm))
     done = []
     for base, job_cfg in jobs.items():
-        for fold in folds(cfg.data, data):
+        for fold in plan:
             out = base / fold.name
             done_before = resume and model_saved(out)
             if not distributed.broadcast(done_before, "resume plan"):
-                train_model(job_cfg, data.subset(fold.train), out, resume=resume, progress=progress)
+                calibration = data.subset(fold.val) if len(fold.val) else None
+                train_model(
+                    job_cfg,
+                    data.subset(fold.train),
+                    out,
+                    calibration=calibration,
+                    resume=resume,
+                    progress=progress,
+                )
             done.append(out)
     return done
 
 
-def method_embeddings(
-    cfg: Config, run: Path, data: ImageSet, fold: Fold
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(train, test) embeddings of every method on one fold."""
-    train_set, test_set = data.subset(fold.train), data.subset(fold.test)
-    out = {}
-    model, _, _ = load_model(run / fold.name)
-    out["tripletkit"] = (embed(model, train_set.images), embed(model, test_set.images))
+def _start_run(cfg: Config, run: Path, record: dict, resume: bool) -> None:
+    """Check a resumed run's record against ``record``; write ``config.yaml`` and ``run.json``."""
+    if resume and (run / "run.json").exists():
+        check_record(run, record, action="resume")
+    if distributed.is_main():
+        write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_record(run, record)
+
+
+def _train_dlib(cfg: Config, run: Path, *, resume: bool, progress: bool) -> list[Path]:
+    from ..models.pretrained import load_dlib_resnet
+    from .dlib_run import chip_sets, train_dlib
+
+    if cfg.ablation:
+        raise ValueError(
+            "ablation arms (--set ablation=[...]) compare mining on the from-scratch CNN: use "
+            "model.backbone=scratch (configs/orl-scratch.yaml), not the dlib backbone"
+        )
+    if distributed.active():
+        raise ValueError(
+            "fine-tuning the dlib backbone runs in one process: run it without torchrun"
+        )
+    chips = chip_sets(cfg, progress)
+    plan = folds(cfg.data, chips[cfg.data.lowres[0]])
+    _start_run(cfg, run, make_record(cfg, chips[cfg.data.lowres[0]], plan), resume)
+    return train_dlib(
+        cfg,
+        run,
+        plan,
+        chips,
+        load_dlib_resnet(),
+        resume=resume,
+        progress=progress,
+        done=model_saved,
+    )
+
+
+Embeddings = dict[str, dict[str, np.ndarray]]
+"""method -> {"calib": the calibration people's embeddings (validation people, or training
+people when there are none), "test": the test people's}."""
+
+
+def calibration_index(fold: Fold) -> np.ndarray:
+    """The images thresholds are chosen on: the validation people's, else the training's."""
+    return fold.val if len(fold.val) else fold.train
+
+
+def method_embeddings(cfg: Config, run: Path, data: ImageSet, fold: Fold) -> Embeddings:
+    """Embeddings of every method of a scratch run on one fold (see :data:`Embeddings`)."""
+    parts = {"calib": calibration_index(fold), "test": fold.test}
+    out: Embeddings = {}
+
+    def of(model: torch.nn.Module) -> dict[str, np.ndarray]:
+        return {k: embed(model, data.images[v]) for k, v in parts.items()}
+
+    out["tripletkit"] = of(load_model(run / fold.name)[0])
     for arm in cfg.ablation:
-        arm_model, _, _ = load_model(arm_folder(cfg, run, arm) / fold.name)
-        out[arm] = (embed(arm_model, train_set.images), embed(arm_model, test_set.images))
-    untrained = build_model(cfg)
-    out["untrained"] = (embed(untrained, train_set.images), embed(untrained, test_set.images))
-    pix_train = train_set.images.flatten(1).float().numpy() / 255.0
-    pix_test = test_set.images.flatten(1).float().numpy() / 255.0
-    out["pixels"] = (pix_train, pix_test)
-    pca = PCA(n_components=min(100, len(pix_train) - 1), whiten=True, random_state=0)
-    eig_train, eig_test = pca.fit_transform(pix_train), pca.transform(pix_test)
-    out["eigenfaces"] = (_unit(eig_train), _unit(eig_test))
+        out[arm] = of(load_model(arm_folder(cfg, run, arm) / fold.name)[0])
+    out["untrained"] = of(build_model(cfg))
+    out.update(baselines(data, fold, parts))
     return out
 
 
+def baselines(data: ImageSet, fold: Fold, parts: dict[str, np.ndarray]) -> Embeddings:
+    """ "pixels" (raw pixel vectors) and "eigenfaces" (whitened PCA, up to 100 components,
+    fitted on the training and validation people's images, rows made unit length)."""
+    pixels = data.images.flatten(1).float().numpy() / 255.0
+    fit_on = np.concatenate([fold.train, fold.val])
+    pca = PCA(n_components=min(100, len(fit_on) - 1), whiten=True, random_state=0)
+    pca.fit(pixels[fit_on])
+    return {
+        "pixels": {k: pixels[v] for k, v in parts.items()},
+        "eigenfaces": {k: _unit(pca.transform(pixels[v])) for k, v in parts.items()},
+    }
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def score(
-    train_emb: np.ndarray,
-    train_labels: np.ndarray,
+    calib_emb: np.ndarray,
+    calib_labels: np.ndarray,
     test_emb: np.ndarray,
     test_labels: np.ndarray,
     seed: int,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Every metric of one method on one fold."""
+    """Every metric of one method on one fold; the clustering threshold of "k unknown" is
+    chosen on the calibration people."""
     dist = metrics.distance_matrix(test_emb)
     out = metrics.verification(dist, test_labels, seed=seed, pairs=pairs)
     out.update(metrics.identification(dist, test_labels))
     n_people = len(np.unique(test_labels))
     known = metrics.agglomerative(dist, n_clusters=n_people)
     out.update(metrics.clustering_scores(test_labels, known))
-    threshold = metrics.clustering_threshold(metrics.distance_matrix(train_emb), train_labels)
+    threshold = metrics.clustering_threshold(metrics.distance_matrix(calib_emb), calib_labels)
     unknown = metrics.agglomerative(dist, threshold=threshold)
     out.update(
         {f"{k}_unknown_k": v for k, v in metrics.clustering_scores(test_labels, unknown).items()}
@@ -391,43 +347,111 @@ def score(
 
 
 def evaluate(run_dir: str | Path, *, progress: bool = True) -> dict[str, metrics.Summary]:
-    """Score every method on every fold; write ``metrics.json``, the figures and ``report.md``.
+    """Score every method on every fold's test people; write ``metrics.json``, the figures and
+    ``report.md``.
 
     Returns:
         method -> metric -> {"mean", "std", "folds", "missing"} over folds (see
         :func:`tripletkit.metrics.summarise_folds`).
+
+    Raises:
+        ValueError: not a run, no test people, or a run whose config or data changed since
+            it was trained (naming what differs).
     """
-    from .. import report
+    from .. import dlib_report, report
 
     run = Path(run_dir)
+    cfg, data, plan, per_fold, tests = _score_folds(run, "test", progress)
+    summary = {m: metrics.summarise_folds(rows) for m, rows in per_fold.items()}
+    if cfg.model.backbone == "dlib":
+        return dlib_report.finetune_report(run, cfg, data, plan, summary, per_fold, tests)
+    write_json(run / "metrics.json", summary)
+    report.faces_report(run, cfg, data, plan, summary, per_fold, tests)
+    return summary
+
+
+def validate(run_dir: str | Path, *, progress: bool = False) -> dict[str, metrics.Summary]:
+    """Score every method on every fold's VALIDATION people, the people choices are made on
+    (recipes, steps), and write ``validation.json``. Test people are not read.
+
+    The "k unknown" clustering threshold is then chosen on the same validation people, so that
+    metric is optimistic here.
+
+    Raises:
+        ValueError: as :func:`evaluate`; a run without validation people.
+    """
+    run = Path(run_dir)
+    _, _, _, per_fold, _ = _score_folds(run, "val", progress)
+    summary = {m: metrics.summarise_folds(rows) for m, rows in per_fold.items()}
+    write_json(run / "validation.json", summary)
+    return summary
+
+
+def _score_folds(
+    run: Path, part: str, progress: bool
+) -> tuple[Config, ImageSet, list[Fold], dict[str, list[dict[str, float]]], list[dict]]:
+    """Config, data, folds, per-method per-fold scores on ``part`` ("test" or "val") people
+    and, per fold, the embeddings of ``part`` for the figures."""
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise ValueError(f"{run} is not a training run (no config.yaml); run tripletkit train")
     cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text()), where=str(cfg_path))
-    data = load_faces(cfg.data)
-    plan = [f for f in folds(cfg.data, data) if len(f.test)]
+    if cfg.model.backbone == "dlib":
+        embeddings_of, data = _dlib_evaluation(cfg, run, progress)
+    else:
+        data = load_faces(cfg.data)
+
+        def embeddings_of(fold: Fold) -> Embeddings:
+            return method_embeddings(cfg, run, data, fold)
+
+    plan = folds(cfg.data, data)
+    check_record(run, make_record(cfg, data, plan), action="evaluate")
+    if part == "val":
+        plan = [dataclasses.replace(f, test=f.val) for f in plan if len(f.val)]
+        if not plan:
+            raise ValueError(f"{run} has no validation people (data.val_people=0)")
+    plan = [f for f in plan if len(f.test)]
     if not plan:
         raise ValueError(f"{run} has no held-out identities to evaluate (data.fold=none)")
     per_fold: dict[str, list[dict[str, float]]] = {}
-    tests: list[dict] = []  # per fold: test embeddings of every method, for the figures
+    tests: list[dict] = []
     for i, fold in enumerate(plan):
-        emb = method_embeddings(cfg, run, data, fold)
-        train_labels = data.labels[fold.train].numpy()
+        emb = embeddings_of(fold)
+        calib_labels = data.labels[calibration_index(fold)].numpy()
         test_labels = data.labels[fold.test].numpy()
         pairs = None
-        if cfg.data.pairs:
+        if cfg.data.pairs and part == "test":
             pairs = _fold_pairs(read_pairs(cfg.data.pairs, data), fold)
-        for method, (tr, te) in emb.items():
+        for method, e in emb.items():
             per_fold.setdefault(method, []).append(
-                score(tr, train_labels, te, test_labels, seed=cfg.data.seed, pairs=pairs)
+                score(e["calib"], calib_labels, e["test"], test_labels, cfg.data.seed, pairs)
             )
-        tests.append({"embeddings": {m: te for m, (_, te) in emb.items()}, "labels": test_labels})
+        tests.append({"embeddings": {m: e["test"] for m, e in emb.items()}, "labels": test_labels})
         if progress:
             print(f"evaluated {fold.name} ({i + 1}/{len(plan)})", flush=True)
-    summary = {m: metrics.summarise_folds(rows) for m, rows in per_fold.items()}
-    write_json(run / "metrics.json", summary)
-    report.faces_report(run, cfg, data, plan, summary, per_fold, tests)
-    return summary
+    return cfg, data, plan, per_fold, tests
+
+
+def _dlib_evaluation(cfg: Config, run: Path, progress: bool) -> tuple[Any, ImageSet]:
+    """The embeddings function of a dlib run, and its chips at the first resolution."""
+    from ..models.pretrained import load_dlib_resnet
+    from .dlib_run import chip_sets, dlib_embeddings
+
+    chips = chip_sets(cfg, progress)
+    images = {f: load_faces(cfg.data, f) for f in cfg.data.lowres}
+    first = chips[cfg.data.lowres[0]]
+    for f, raw in images.items():
+        if raw.paths != first.paths:
+            raise ValueError(
+                f"data.lowres {f}: the images read for the baselines differ from the chips"
+            )
+    pretrained = load_dlib_resnet()
+    stock = {f: embed_chips(pretrained, s.images) for f, s in chips.items()}
+
+    def embeddings_of(fold: Fold) -> Embeddings:
+        return dlib_embeddings(cfg, run, fold, chips, images, stock)
+
+    return embeddings_of, first
 
 
 def _fold_pairs(
