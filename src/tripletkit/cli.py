@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,9 @@ from .config import load_config
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
-    from .data.images import ImageSet
+    from .data.photos import PhotoFace
+    from .tasks.face_models import FaceModel
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -33,6 +34,8 @@ def _config(args: argparse.Namespace) -> Any:
         overrides.append(f"name={args.name}")
     if getattr(args, "strict", False):
         overrides.append("data.strict=true")
+    if getattr(args, "backbone", None):
+        overrides.append(f"model.backbone={args.backbone}")
     return load_config(args.config, overrides, task=getattr(args, "task", None))
 
 
@@ -96,37 +99,37 @@ def _demo(args: argparse.Namespace) -> int:
     return _evaluate(args)
 
 
-def _crop(detect: bool) -> Callable[[Image.Image], Image.Image | None] | None:
-    if not detect:
-        return None
-    from .data.detect import face_cropper
+def _photos(args: argparse.Namespace) -> tuple[FaceModel, list[PhotoFace], torch.Tensor]:
+    """The model of ``--model`` and the faces of the photos under ``args.folder``."""
+    from .data.photos import list_photos, read_faces
+    from .tasks.face_models import load_face_model
 
-    return face_cropper()
-
-
-def _photos(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, float], ImageSet]:
-    """The model of ``--model`` and every image under ``args.folder``, sized for it."""
-    from .data.images import load_unlabelled
-    from .tasks import faces
-
-    model, cfg, meta = faces.load_model(args.model)
-    size = (cfg.data.height, cfg.data.width)
-    data = load_unlabelled(
-        args.folder, size, cfg.data.channels, strict=args.strict, crop=_crop(args.detect)
+    model = load_face_model(args.model)
+    faces, inputs = read_faces(
+        list_photos(args.folder),
+        model.prepare,
+        detect=args.detect,
+        detector=args.detector,
+        strict=args.strict,
+        progress=not args.quiet,
     )
-    return model, meta, data
+    return model, faces, inputs
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .tasks import faces
-
-    model, _, data = _photos(args)
-    emb = faces.embed(model, data.images)
+    model, faces, inputs = _photos(args)
+    emb = model.embed(inputs)
     out = Path(args.out)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, embeddings=emb, paths=np.array(data.paths))
+            np.savez(
+                f,
+                embeddings=emb,
+                paths=np.array([f.path for f in faces]),
+                faces=np.array([f.index for f in faces], dtype=np.int64),
+                boxes=np.array([f.box for f in faces], dtype=np.int64).reshape(-1, 4),
+            )
 
     atomic_write(out, write)
     print(f"{len(emb)} embeddings of dimension {emb.shape[1]} -> {out}")
@@ -136,31 +139,34 @@ def _embed(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     from . import metrics
     from .report import cluster_montage
-    from .tasks import faces
 
     if args.clusters is not None and args.clusters < 1:
         raise ValueError(f"--clusters must be at least 1, got {args.clusters}")
     if args.threshold is not None and not args.threshold >= 0:  # NaN too
         raise ValueError(f"--threshold must be a distance >= 0, got {args.threshold}")
-    model, meta, data = _photos(args)
-    dist = metrics.distance_matrix(faces.embed(model, data.images))
+    model, faces, inputs = _photos(args)
+    dist = metrics.distance_matrix(model.embed(inputs))
     if args.clusters is not None:
-        if args.clusters > len(data):
-            raise ValueError(f"--clusters {args.clusters} is more than the {len(data)} image(s)")
+        if args.clusters > len(faces):
+            raise ValueError(f"--clusters {args.clusters} is more than the {len(faces)} face(s)")
         groups = metrics.agglomerative(dist, n_clusters=args.clusters)
     else:
-        # 0 is a threshold like any other (every distinct image its own cluster)
-        threshold = meta["cluster_threshold"] if args.threshold is None else args.threshold
+        # 0 is a threshold like any other (every distinct face its own cluster)
+        threshold = model.cluster_threshold if args.threshold is None else args.threshold
         groups = metrics.agglomerative(dist, threshold=threshold)
     out = Path(args.out)
+    order = sorted(np.unique(groups).tolist(), key=lambda c: -int((groups == c).sum()))
     listing = {
-        f"cluster{c}": [data.paths[i] for i in np.flatnonzero(groups == c)]
-        for c in np.unique(groups)
+        f"cluster{n}": [
+            {"path": faces[i].path, "face": faces[i].index, "box": list(faces[i].box)}
+            for i in np.flatnonzero(groups == c)
+        ]
+        for n, c in enumerate(order)
     }
     write_json(out / "clusters.json", listing)
-    cluster_montage(data.images.numpy(), groups, out / "clusters.png")
+    cluster_montage(inputs.numpy(), groups, out / "clusters.png")
     print(
-        f"{len(data)} images in {len(listing)} clusters -> {out / 'clusters.json'}, "
+        f"{len(faces)} faces in {len(listing)} clusters -> {out / 'clusters.json'}, "
         f"{out / 'clusters.png'}"
     )
     return 0
@@ -169,26 +175,66 @@ def _cluster(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     import torch
 
-    from .data.images import read_image
-    from .tasks import faces
+    from .data.photos import read_faces
+    from .tasks.face_models import load_face_model
 
-    model, cfg, meta = faces.load_model(args.model)
-    size = (cfg.data.height, cfg.data.width)
-    crop = _crop(args.detect)
-    images = [read_image(p, size, cfg.data.channels, crop) for p in (args.image1, args.image2)]
-    a, b = faces.embed(model, torch.stack(images))
+    model = load_face_model(args.model)
+    chosen, inputs = [], []
+    for path in (args.image1, args.image2):
+        faces, rows = read_faces(
+            [path],
+            model.prepare,
+            detect=args.detect,
+            detector=args.detector,
+            strict=True,
+            progress=False,
+        )
+        # several faces: the largest one
+        best = max(range(len(faces)), key=lambda i: _area(faces[i].box))
+        chosen.append((faces[best], len(faces)))
+        inputs.append(rows[best])
+    a, b = model.embed(torch.stack(inputs))
     distance = float(np.linalg.norm(a - b))
-    same = distance <= meta["threshold"]
     print(
         json.dumps(
             {
                 "distance": round(distance, 4),
-                "threshold": round(meta["threshold"], 4),
-                "same_person": same,
+                "threshold": round(model.threshold, 4),
+                "same_person": distance <= model.threshold,
+                "calibration": model.calibration,
+                "faces": [
+                    {"path": f.path, "box": list(f.box), "faces_in_photo": n} for f, n in chosen
+                ],
             }
         )
     )
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve.run import serve
+
+    serve(args.index, args.gallery, args.model, args.host, args.port)
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from .data.images import orl_root
+    from .serve.state import ServeConfig, load_services
+
+    folder = orl_root() if args.folder == "orl" else Path(args.folder)
+    services = load_services(ServeConfig(gallery=Path(args.gallery), model=args.model))
+    try:
+        assert services.faces is not None
+        done = services.faces.enroll_folder(folder, per_person=args.per_person)
+    finally:
+        services.close()
+    print(f"enrolled {sum(done.values())} faces of {len(done)} people into {args.gallery}")
+    return 0
+
+
+def _area(box: tuple[int, int, int, int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="faces (default) or search; a config's task key also sets it",
         )
 
+    def with_backbone(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            dest="backbone",
+            choices=["scratch", "dlib"],
+            help="faces: train from scratch, or fine-tune dlib's pretrained descriptor "
+            "(sets model.backbone)",
+        )
+
     train = commands.add_parser(
         "train",
         help="train on every identity fold (and ablation arm)",
@@ -234,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model.safetensors, model.json, train_log.jsonl and checkpoint.pt.",
     )
     with_config(train)
+    with_backbone(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -253,18 +309,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="train followed by evaluate (what `make demo` runs).",
     )
     with_config(demo)
+    with_backbone(demo)
     demo.set_defaults(handler=_demo)
 
     def with_model(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="a model folder, e.g. runs/demo/fold0")
         p.add_argument(
-            "--detect", action="store_true", help="find and crop the largest face first (OpenCV)"
+            "--model",
+            required=True,
+            help="'dlib' (the pretrained face descriptor) or a model folder, e.g. runs/demo/fold0",
+        )
+        p.add_argument(
+            "--detect",
+            action="store_true",
+            help="find every face in each photo (dlib's detector, 5-point alignment); "
+            "without it each photo is one face",
+        )
+        p.add_argument(
+            "--detector",
+            choices=["hog", "cnn"],
+            default="hog",
+            help="with --detect: dlib's HOG (fast, frontal) or MMOD CNN (more poses, ~10x slower)",
         )
         p.add_argument(
             "--strict",
             action="store_true",
-            help="stop on an unreadable image instead of skipping it",
+            help="stop on an unusable photo instead of skipping it",
         )
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     embed = commands.add_parser(
         "embed",
@@ -304,15 +375,52 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("image2")
     with_model(verify)
     verify.set_defaults(handler=_verify)
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP service and web page: search an index, look up faces in a gallery",
+        description="Serve a search index (written by `tripletkit index`), a face gallery, or "
+        "both, with a JSON API (/docs) and a web page (/). Binds 127.0.0.1 unless --host "
+        "says otherwise; enroll, rename and delete need the token in $TRIPLETKIT_SERVE_TOKEN "
+        "when it is set. See docs/serve.md.",
+    )
+    serve.add_argument("--index", help="index folder written by `tripletkit index`")
+    serve.add_argument("--gallery", help="face gallery folder (created when absent)")
+    serve.add_argument(
+        "--model", default="dlib", help="'dlib' (default) or a face model folder from training"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.set_defaults(handler=_serve)
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="enroll a folder of people into a face gallery",
+        description="Enroll FOLDER (one sub-folder of photos per person, or 'orl') into the "
+        "gallery at --gallery: the largest face of each photo, aligned.",
+    )
+    enroll.add_argument("folder", help="a folder with one sub-folder per person, or 'orl'")
+    enroll.add_argument("--gallery", required=True, help="gallery folder (created when absent)")
+    enroll.add_argument("--model", default="dlib", help="'dlib' (default) or a face model folder")
+    enroll.add_argument("--per-person", type=int, help="at most this many photos per person")
+    enroll.set_defaults(handler=_enroll)
     add_search_commands(commands, _config)
     return parser
+
+
+def _warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """Warnings as one plain line: they speak to the user, not about a line of our code."""
+    return f"tripletkit: warning: {message}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
+    warnings.formatwarning = _warning
     try:
         return int(args.handler(args))
     except ValueError as err:
         print(f"tripletkit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
