@@ -89,7 +89,9 @@ def loss_and_grads(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
     from tripletkit import TripletLoss
 
     emb = torch.nn.functional.normalize(model(x), dim=1)
-    loss_fn = TripletLoss(mining=mining, margin=0.5, fallback="hardest")
+    loss_fn = TripletLoss(
+        mining=mining, margin=0.5, fallback="hardest" if mining == "semi-hard" else "skip"
+    )
     loss, stats = loss_fn(distributed.gather(emb), distributed.gather(labels))
     loss.backward()
     return loss.item(), stats.as_dict()
