@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-photos lint serve demo demo-scratch ablation docs-orl docs-search search-demo search-ablation bench bench-mining bench-serve clean
+.PHONY: install test test-photos lint serve demo demo-scratch ablation docs-orl docs-search search-demo search-ablation search-dev-sweep bench bench-mining bench-serve clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -58,15 +58,19 @@ ablation: $(STAMP)
 	$(BIN)/tripletkit demo --config configs/orl-scratch.yaml --resume \
 		--set 'ablation=[semi-hard-curriculum, semi-hard-fixed, hard, all]'
 
-# Semantic search on the Wikipedia vital articles: BM25, the zero-shot encoder and the encoder
-# fine-tuned with filtered mined negatives; runs/search-demo/report.md.
+# Semantic search on the Wikipedia vital articles: both BM25 rows, the zero-shot encoder and the
+# encoder fine-tuned with filtered mined negatives (one seed); runs/search-demo/report.md.
 search-demo: $(STAMP)
 	$(BIN)/tripletkit demo --config configs/wiki.yaml
 
-# Every search arm, in_batch and mined_unfiltered included; runs/search-ablation/report.md.
+# Every search arm (naive, unfiltered, each filter alone, filtered) at three seeds, paired
+# tests, and the table without training-query positives; runs/search-ablation/report.md.
 search-ablation: $(STAMP)
-	$(BIN)/tripletkit demo --config configs/wiki.yaml --name search-ablation \
-		--set 'arms=[bm25, base, in_batch, mined_unfiltered, mined_filtered]'
+	$(BIN)/tripletkit demo --config configs/wiki_ablation.yaml
+
+# The reduced dev-split sweep of the search recipe; writes docs/search_dev_sweep.md.
+search-dev-sweep: $(STAMP)
+	$(BIN)/python experiments/search_dev_sweep.py
 
 # Publish the demo run (report, metrics, figures) as docs/orl/.
 docs-orl:
@@ -77,7 +81,10 @@ docs-orl:
 # Publish the search ablation run (report, metrics, figures) as docs/search/.
 docs-search:
 	mkdir -p docs/search
-	cp runs/search-ablation/report.md runs/search-ablation/metrics.json runs/search-ablation/*.png docs/search/
+	cp runs/search-ablation/report.md runs/search-ablation/*.json runs/search-ablation/qrels.*.tsv \
+		runs/search-ablation/*.png docs/search/
+	mkdir -p docs/search/runs
+	for f in runs/search-ablation/*.trec; do gzip -9nc $$f > docs/search/runs/$$(basename $$f).gz; done
 
 # Side-by-side loss + mining benchmark against pytorch-metric-learning and sentence-transformers;
 # rewrites benchmarks/loss_cpu.md.

@@ -7,6 +7,19 @@ from search_fixtures import TINY_SEARCH, make_beir, tiny_encoder
 
 from tripletkit.cli import main
 
+ALL_ARMS = [
+    "bm25",
+    "bm25_standard",
+    "base",
+    "in_batch",
+    "mined_naive",
+    "mined_unfiltered",
+    "mined_qrels_only",
+    "mined_margin_only",
+    "mined_filtered",
+]
+SEEDED = ["in_batch", "mined_naive", "mined_unfiltered", "mined_filtered"]
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -26,7 +39,11 @@ def trained(tmp_path_factory):
         "--set",
         f"model.path={encoder}",
         "--set",
-        "arms=[bm25, base, in_batch, mined_unfiltered, mined_filtered]",
+        "arms=[" + ", ".join(ALL_ARMS) + "]",
+        "--set",
+        "seeds=[0, 1]",
+        "--set",
+        "one_seed=[mined_qrels_only, mined_margin_only]",
         "--set",
         "eval_every=2",
     ]
@@ -40,33 +57,78 @@ def test_train_saves_sentence_transformers_models(trained):
     from sentence_transformers import SentenceTransformer
 
     root, _, _ = trained
-    for arm in ("in_batch", "mined_unfiltered", "mined_filtered"):
-        model = SentenceTransformer(str(root / "runs" / "s" / arm / "model"), device="cpu")
+    run = root / "runs" / "s"
+    folders = [run / a for a in ALL_ARMS[3:]] + [run / f"{a}-seed1" for a in SEEDED]
+    for folder in folders:
+        model = SentenceTransformer(str(folder / "model"), device="cpu")
         assert model.encode(["a river"]).shape == (1, 32)
-    mining = json.loads((root / "runs" / "s" / "mined_filtered" / "mining.json").read_text())
+    assert not (run / "mined_qrels_only-seed1").exists()  # one seed only
+    mining = json.loads((run / "mined_filtered" / "mining.json").read_text())
     assert mining["candidates"] == 16 * 10 and "relevant" in mining["removed"]
-    curve = (root / "runs" / "s" / "mined_filtered" / "dev_curve.jsonl").read_text()
+    naive = json.loads((run / "mined_naive" / "mining.json").read_text())
+    assert set(naive["removed"]) == {"positive"}
+    curve = (run / "mined_filtered" / "dev_curve.jsonl").read_text()
     assert [json.loads(x)["step"] for x in curve.splitlines()] == [0, 2, 3]
+    logs = [
+        json.loads(x) for x in (run / "in_batch-seed1" / "train_log.jsonl").read_text().splitlines()
+    ]
+    first = [json.loads(x) for x in (run / "in_batch" / "train_log.jsonl").read_text().splitlines()]
+    assert logs != first  # another seed trains otherwise
 
 
 def test_evaluate_writes_metrics_runs_and_report(trained, capsys):
+    """metrics.json: arm -> metric -> {mean, std, values}, one value per seed (issue 11); the
+    same table without the training positives; paired tests; a TREC file per arm and seed."""
     root, _, _ = trained
     run = root / "runs" / "s"
     assert main(["evaluate", str(run), "--quiet"]) == 0
-    summary = json.loads((run / "metrics.json").read_text())
-    assert list(summary) == ["bm25", "base", "in_batch", "mined_unfiltered", "mined_filtered"]
-    for row in summary.values():
-        assert set(row) == {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map"}
-        assert all(0.0 <= v <= 1.0 for v in row.values())
-    first = (run / "mined_filtered.trec").read_text().splitlines()[0].split()
-    assert first[1] == "Q0" and first[3] == "1" and first[5] == "mined_filtered"
+    for name in ("metrics.json", "metrics_untouched.json"):
+        summary = json.loads((run / name).read_text())
+        assert list(summary) == ALL_ARMS
+        for arm, row in summary.items():
+            assert set(row) == {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map"}
+            for cell in row.values():
+                assert set(cell) == {"mean", "std", "values"}
+                assert len(cell["values"]) == (2 if arm in SEEDED else 1)
+                assert all(0.0 <= v <= 1.0 for v in cell["values"])
+                assert cell["mean"] == pytest.approx(sum(cell["values"]) / len(cell["values"]))
+                if len(cell["values"]) == 1:
+                    assert cell["std"] == 0.0
+                else:
+                    a, b = cell["values"]
+                    assert cell["std"] == pytest.approx(abs(a - b) / 2**0.5)
+    for tag in ("bm25", "bm25_standard", "base", "mined_filtered.seed0", "mined_filtered.seed1"):
+        first = (run / f"{tag}.trec").read_text().splitlines()[0].split()
+        assert first[1] == "Q0" and first[3] == "1" and first[5] == tag
+        assert (run / f"{tag}.untouched.trec").is_file()
+    assert not (run / "mined_margin_only.seed1.trec").exists()
     assert (run / "qrels.test.tsv").read_text().startswith("query-id\tcorpus-id\tscore")
+    tests = json.loads((run / "significance.json").read_text())
+    pairs = {(t["a"], t["b"]) for t in tests["all"]["tests"]}
+    best = tests["all"]["strongest_bm25"]
+    assert best in ("bm25", "bm25_standard")
+    assert {("mined_filtered", "mined_unfiltered"), ("mined_filtered", "mined_naive")} <= pairs
+    assert {(a, best) for a in ALL_ARMS[2:]} <= pairs
+    for t in tests["all"]["tests"]:
+        assert t["low"] <= t["diff"] <= t["high"] and 0 < t["p_value"] <= 1 and t["queries"] == 4
+    diagnostics = json.loads((run / "mining_diagnostics.json").read_text())
+    assert set(diagnostics["miners"]) == {
+        "mined_naive",
+        "mined_qrels_only",
+        "mined_margin_only",
+        "mined_filtered",
+    }
+    assert diagnostics["miners"]["mined_qrels_only"]["relevant_kept"] == 0
     report = (run / "report.md").read_text()
-    assert "False negatives" in report and "(scores.png)" in report and "(dev_curve.png)" in report
+    for part in ("False negatives", "Paired tests", "no training query touched", "(scores.png)"):
+        assert part in report
+    assert "(dev_curve.png)" in report and "| mined_filtered | 2 |" in report
     assert "| mined_filtered |" in capsys.readouterr().out
 
 
 def test_mine_index_search(trained, tmp_path, capsys):
+    from tripletkit.data.text import load_beir
+
     root, beir, encoder = trained
     settings = []
     for item in TINY_SEARCH:
@@ -90,7 +152,16 @@ def test_mine_index_search(trained, tmp_path, capsys):
     )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 16 and {"query_id", "negative_ids"} <= lines[0].keys()
-    assert "removed" in json.loads(out.with_suffix(".json").read_text())
+    assert "relevant" in json.loads(out.with_suffix(".json").read_text())["removed"]
+    naive = tmp_path / "naive.jsonl"
+    args = ["mine", "--data", str(beir), "--model", str(encoder), "--out", str(naive), "--quiet"]
+    assert main([*args, "--arm", "mined_naive", *settings]) == 0
+    summary = json.loads(naive.with_suffix(".json").read_text())
+    assert set(summary["removed"]) == {"positive"}
+    judged = load_beir(beir).split("train")
+    picked = [json.loads(x) for x in naive.read_text().splitlines()]
+    relevant = sum(judged[r["query_id"]].get(d, 0) > 0 for r in picked for d in r["negative_ids"])
+    assert summary["relevant_kept"] == relevant  # judged by every qrel, not the naive view
     model = str(root / "runs" / "s" / "mined_filtered" / "model")
     assert (
         main(
@@ -116,6 +187,10 @@ def test_mine_index_search(trained, tmp_path, capsys):
     index_args = ["index", "--data", str(beir), "--model", model, "--out", str(disk), "--quiet"]
     assert main([*index_args, "--on-disk", *settings]) == 0
     assert (disk / "lists.ivfdata").is_file() and (disk / "titles.json").is_file()
+    corpus = load_beir(beir).corpus
+    for folder in (tmp_path / "idx", disk):  # the service's snippets: every document's text
+        texts = json.loads((folder / "texts.json").read_text())
+        assert texts == dict(zip(corpus.ids, corpus.texts, strict=True))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # scratch removed
     capsys.readouterr()
     assert main(["search", "violin number 1", "--index", str(disk), "-k", "3"]) == 0

@@ -8,6 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+MINED_ARMS = [
+    "mined_naive",
+    "mined_unfiltered",
+    "mined_qrels_only",
+    "mined_margin_only",
+    "mined_filtered",
+]
+
 
 def add_commands(commands: Any, config: Callable[[argparse.Namespace], Any]) -> None:
     """Register ``mine``, ``index`` and ``search``; ``config`` turns arguments into a
@@ -38,11 +46,20 @@ def add_commands(commands: Any, config: Callable[[argparse.Namespace], Any]) -> 
         description="Mine negatives for every training query from a FAISS search of the corpus "
         "(ranks [negatives.r_min, negatives.r_max)), dropping judged-relevant documents and "
         "candidates too close to the positive (negatives.relative_margin, absolute_margin, "
-        "max_score). Writes a triplets JSONL and, beside it, a JSON of what each filter "
-        "removed.",
+        "max_score): the miner of --arm. Writes a triplets JSONL and, beside it, a JSON of "
+        "what each filter removed.",
     )
     with_search_config(mine)
-    mine.add_argument("--unfiltered", action="store_true", help="the rank window only")
+    mine.add_argument(
+        "--arm",
+        default="mined_filtered",
+        choices=MINED_ARMS,
+        help="whose miner (default mined_filtered; mined_naive sees each query's first listed "
+        "positive only)",
+    )
+    mine.add_argument(
+        "--unfiltered", action="store_true", help="the rank window only (= --arm mined_unfiltered)"
+    )
     mine.add_argument("--out", default="triplets.jsonl", help="output JSONL")
     mine.set_defaults(handler=_mine)
 
@@ -80,11 +97,13 @@ def _mine(args: argparse.Namespace) -> int:
     from .models.text import load_encoder
     from .negatives import MiningConfig
     from .tasks import search
+    from .tasks.search_arms import training_view
 
     cfg = args.config_of(args)
     data = search.load_data(cfg)
-    qrels = data.split(cfg.data.train_split)
-    miner = search.mining_config(cfg, "mined_unfiltered" if args.unfiltered else "mined_filtered")
+    arm = "mined_unfiltered" if args.unfiltered else args.arm
+    qrels = training_view(arm, data.split(cfg.data.train_split))
+    miner = search.mining_config(cfg, arm)
     assert isinstance(miner, MiningConfig)
     out = Path(args.out)
     model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
@@ -93,6 +112,10 @@ def _mine(args: argparse.Namespace) -> int:
         mined = search.mine_with(model, data, qrels, cfg, miner, cache, not args.quiet)
         if not distributed.is_main():
             return 0
+    judged = data.split(cfg.data.train_split)  # all judgments, whatever the miner saw
+    mined.relevant_kept = sum(
+        judged[q].get(d, 0) > 0 for q, ds in mined.negatives.items() for d in ds
+    )
     search.write_mined(out, out.with_suffix(".json"), mined, miner)
     removed = ", ".join(f"{k} {v}" for k, v in mined.removed.items()) or "nothing"
     print(
@@ -117,7 +140,12 @@ def _index(args: argparse.Namespace) -> int:
         "max_seq_length": cfg.model.max_seq_length,
     }
     titles = dict(zip(data.corpus.ids, data.corpus.titles, strict=True))
-    extra = {"encoder.json": json.dumps(encoder), "titles.json": json.dumps(titles)}
+    snippets = dict(zip(data.corpus.ids, data.corpus.texts, strict=True))  # for the service
+    extra = {
+        "encoder.json": json.dumps(encoder),
+        "titles.json": json.dumps(titles),
+        "texts.json": json.dumps(snippets),
+    }
     with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
         if args.on_disk:
             search.index_on_disk(model, data, cfg, Path(args.out), extra, not args.quiet)

@@ -2,9 +2,10 @@
 
 A cache file (``.npz``) holds the (N, d) vectors and the key they were computed under: a hash of
 the encoder (its module layout, every weight, and its max sequence length) and of the corpus
-(every id and text, in order). A cache whose key differs from the current one (another model
-in the same folder, the same model fine-tuned, another length, an edited corpus) or which
-cannot be read is recomputed and replaced, never reused.
+(every id and text, in order). Query encodings (:func:`text_vectors`) are cached the same way,
+keyed on the model and the query ids and texts. A cache whose key differs from the current one
+(another model in the same folder, the same model fine-tuned, another length, an edited
+corpus) or which cannot be read is recomputed and replaced, never reused.
 """
 
 from __future__ import annotations
@@ -63,8 +64,13 @@ def model_fingerprint(model: Any) -> str:
 def corpus_fingerprint(corpus: Corpus) -> str:
     """A hash of the corpus's ids and texts, in order (each length-prefixed, so no two corpora
     share a byte stream)."""
+    return texts_fingerprint(corpus.ids, corpus.texts)
+
+
+def texts_fingerprint(ids: list[str], texts: list[str]) -> str:
+    """A hash of ids and texts, in order (each length-prefixed)."""
     h = hashlib.blake2b(digest_size=16)
-    for item in (*corpus.ids, *corpus.texts):
+    for item in (*ids, *texts):
         data = item.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
@@ -107,12 +113,35 @@ def corpus_vectors(
     (.npz) when it was written for this model and corpus (see the module docstring), else
     computed and cached. Under torchrun each rank encodes its shard; rank 0 checks, reads and
     writes the cache."""
+    key = cache_key(model, data.corpus) if distributed.is_main() else ""
+    return _cached(model, data.corpus.texts, key, cfg, cache, progress, "corpus")
+
+
+def text_vectors(
+    model: Any, ids: list[str], texts: list[str], cfg: SearchConfig, cache: Path, progress: bool
+) -> np.ndarray:
+    """Texts (queries) encoded by ``model``: (len(texts), d) unit vectors, cached in ``cache``
+    like :func:`corpus_vectors`, keyed on the model and the ids and texts."""
+    key = ""
+    if distributed.is_main():
+        key = f"model {model_fingerprint(model)} texts {texts_fingerprint(ids, texts)}"
+    return _cached(model, texts, key, cfg, cache, progress, "queries")
+
+
+def _cached(
+    model: Any,
+    texts: list[str],
+    key: str,
+    cfg: SearchConfig,
+    cache: Path,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
     main = distributed.is_main()
-    key = cache_key(model, data.corpus) if main else ""
     cached = read_cache(cache, key) if main else None
     if distributed.broadcast(cached is not None, "cache check"):
-        return typing.cast(np.ndarray, distributed.broadcast(cached, "corpus vectors"))
-    vectors = encode_sharded(model, data.corpus.texts, cfg, progress, "corpus")
+        return typing.cast(np.ndarray, distributed.broadcast(cached, f"{desc} vectors"))
+    vectors = encode_sharded(model, texts, cfg, progress, desc)
     if main:
         write_cache(cache, key, vectors)
     return vectors

@@ -1,11 +1,16 @@
 """Semantic search: triplet fine-tuning of a sentence encoder with false-negative-aware mining,
 FAISS search, and IR evaluation on BEIR-format data.
 
-A run folder holds ``config.yaml``; ``base/`` (the zero-shot encoder's corpus embeddings, shared
-by its evaluation and by the miner); one folder per fine-tuned arm (``mined_filtered/`` ...)
-with ``model/`` (sentence-transformers format), the training log, mined negatives and the dev
-curve; and after :func:`evaluate` ``metrics.json``, ``report.md``, one TREC run file per arm and
-the qrels they were scored against.
+A run folder holds ``config.yaml``; ``base/`` (the zero-shot encoder's corpus and training-query
+embeddings, shared by its evaluation and by the miner); one folder per fine-tuned arm and seed
+(``mined_filtered/``, ``mined_filtered-seed1/`` ...; :mod:`tripletkit.tasks.search_arms`) with
+``model/`` (sentence-transformers format), the training log, mined negatives and the dev curve;
+and after :func:`evaluate` (:mod:`tripletkit.tasks.search_eval`) ``metrics.json``,
+``report.md``, TREC run files and the qrels they were scored against.
+
+Where things live: the arms and what each knows (``search_arms``), mining shared across arms
+(``search_mining``), corpus-encoding caches (``corpus_encodings``), evaluation and the tables
+(``search_eval``, :mod:`tripletkit.search_stats`), BM25 (:mod:`tripletkit.bm25`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +27,45 @@ import yaml
 from torch import Tensor
 
 from .. import distributed, metrics
-from .._io import write_json, write_text
-from ..config import SearchConfig, from_dict, to_dict
+from .._io import write_text
+from ..config import SearchConfig, to_dict
 from ..data.text import Retrieval, build_wiki, load_beir
 from ..index import Index
 from ..losses import TripletLoss, TripletStats
 from ..models.text import dimension, embed, load_encoder, save_encoder
-from ..negatives import MinedNegatives, MiningConfig, mine_negatives
 from ..sampling import ShuffledBatches
 from ..train import curriculum_from_config, fit, loss_from_config
-from .corpus_encodings import corpus_vectors, encode_sharded, unwrap
+from .corpus_encodings import corpus_vectors, encode_sharded
+from .search_arms import (
+    ARMS,
+    TRAINED,
+    arm_folder,
+    check_config,
+    mining_config,
+    seeds_of,
+    training_view,
+)
+from .search_mining import ZeroShotMiner, mine_with, remine_with, write_mined
 
-ARMS = ("bm25", "base", "in_batch", "mined_unfiltered", "mined_filtered")
-TRAINED = ("in_batch", "mined_unfiltered", "mined_filtered")
+__all__ = [
+    "ARMS",
+    "TRAINED",
+    "TOP_K",
+    "SearchBatches",
+    "corpus_vectors",
+    "encode_sharded",
+    "evaluate",
+    "index_on_disk",
+    "load_data",
+    "mine_with",
+    "mining_config",
+    "remine_with",
+    "retrieve",
+    "retrieve_without",
+    "train",
+    "write_mined",
+]
+
 TOP_K = 100
 
 
@@ -50,27 +80,13 @@ def load_data(cfg: SearchConfig) -> Retrieval:
     return load_beir(root)
 
 
-def mining_config(cfg: SearchConfig, arm: str) -> MiningConfig | None:
-    """The miner of an arm: none for in-batch only, the rank window alone, or every filter."""
-    neg = cfg.negatives
-    if arm == "in_batch":
-        return None
-    if arm == "mined_unfiltered":
-        return MiningConfig.unfiltered(neg.n, neg.r_min, neg.r_max)
-    return MiningConfig(
-        n=neg.n,
-        r_min=neg.r_min,
-        r_max=neg.r_max,
-        max_score=neg.max_score,
-        relative_margin=neg.relative_margin,
-        absolute_margin=neg.absolute_margin,
-    )
-
-
 class SearchBatches:
     """Batches of training queries, each with one of its relevant documents (drawn per step)
     and its mined negatives; the loss mines again inside the batch, where relevance comes
     from the qrels, so a document relevant to several queries is a negative for none.
+    ``qrels`` is what the arm may read: the naive arm passes each query's first listed
+    positive alone (:func:`~tripletkit.tasks.search_arms.training_view`), so its positive is
+    always that document and every other document of the batch is its negative.
 
     Under torchrun each rank takes ``batch_size / N`` queries; the query and document
     embeddings of every rank are gathered, and relevance is judged over the global batch.
@@ -217,30 +233,36 @@ def retrieve(
     cfg: SearchConfig,
     progress: bool,
 ) -> dict[str, dict[str, float]]:
-    """Top-100 documents per query by inner product over ``vectors``."""
+    """Top-100 documents per query by inner product over ``vectors`` (N, d)."""
     q = encode_sharded(model, [data.queries[i] for i in query_ids], cfg, progress)
-    index = Index.build(vectors, data.corpus.ids, cfg.index)
-    hits = index.search_ids(q, TOP_K)
+    return _search(vectors, data.corpus.ids, q, query_ids, cfg)
+
+
+def retrieve_without(
+    model: Any,
+    data: Retrieval,
+    query_ids: list[str],
+    vectors: np.ndarray,
+    cfg: SearchConfig,
+    progress: bool,
+    exclude: set[str],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """:func:`retrieve`, and the top-100 of a search over the corpus without the ``exclude``
+    documents, the queries encoded once: (full ranking, ranking without ``exclude``)."""
+    q = encode_sharded(model, [data.queries[i] for i in query_ids], cfg, progress)
+    keep = [i for i, d in enumerate(data.corpus.ids) if d not in exclude]
+    ids = [data.corpus.ids[i] for i in keep]
+    full = _search(vectors, data.corpus.ids, q, query_ids, cfg)
+    return full, _search(np.asarray(vectors)[keep], ids, q, query_ids, cfg)
+
+
+def _search(
+    vectors: np.ndarray, ids: list[str], q: np.ndarray, query_ids: list[str], cfg: SearchConfig
+) -> dict[str, dict[str, float]]:
+    if not ids:
+        return {qid: {} for qid in query_ids}
+    hits = Index.build(vectors, ids, cfg.index).search_ids(q, min(TOP_K, len(ids)))
     return {qid: dict(h) for qid, h in zip(query_ids, hits, strict=True)}
-
-
-def bm25_run(data: Retrieval, query_ids: list[str]) -> dict[str, dict[str, float]]:
-    """BM25 (bm25s, Lucene variant, k1 = 1.5, b = 0.75, English stop words) top-100."""
-    import bm25s
-
-    retriever = bm25s.BM25(k1=1.5, b=0.75)
-    retriever.index(
-        bm25s.tokenize(data.corpus.texts, stopwords="en", show_progress=False), show_progress=False
-    )
-    tokens = bm25s.tokenize(
-        [data.queries[q] for q in query_ids], stopwords="en", show_progress=False
-    )
-    k = min(TOP_K, len(data.corpus))
-    rows, scores = retriever.retrieve(tokens, k=k, show_progress=False)
-    return {
-        qid: {data.corpus.ids[r]: float(s) for r, s in zip(row, srow, strict=True)}
-        for qid, row, srow in zip(query_ids, rows, scores, strict=True)
-    }
 
 
 def dev_subset(
@@ -262,7 +284,15 @@ def dev_subset(
 def train(
     cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> list[Path]:
-    """Fine-tune the configured arms; return their model folders."""
+    """Fine-tune the configured arms, each at each of its seeds; return their model folders.
+
+    The negatives of every arm are mined once with the zero-shot encoder (:class:`ZeroShotMiner`)
+    and shared by its seeds; the zero-shot encodings are cached in ``<run>/base``.
+
+    Raises:
+        ValueError: an unknown arm or a repeated seed (naming the config key).
+    """
+    check_config(cfg)
     run = Path(run_dir)
     distributed.check_same(to_dict(cfg))
     # rank 0 loads (and for "wiki" builds) the data once, and sends it to the others
@@ -270,38 +300,46 @@ def train(
     assert data is not None
     if distributed.is_main():
         write_text(run / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    miner = ZeroShotMiner(data, data.split(cfg.data.train_split), cfg, run / "base", progress)
     done = []
-    for arm in cfg.arms:
-        if arm not in ARMS:
-            raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
-        if arm in TRAINED:
-            folder = run / arm / "model"
-            trained = resume and (folder / "modules.json").is_file()
+    for arm in (a for a in cfg.arms if a in TRAINED):
+        for seed in seeds_of(cfg, arm):
+            folder = arm_folder(run, cfg, arm, seed)
+            trained = resume and (folder / "model" / "modules.json").is_file()
             if not distributed.broadcast(trained, "resume plan"):
-                train_arm(cfg, data, run, arm, resume=resume, progress=progress)
-            done.append(folder)
+                seeded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+                train_arm(seeded, data, folder, arm, miner, resume=resume, progress=progress)
+            done.append(folder / "model")
     return done
 
 
 def train_arm(
-    cfg: SearchConfig, data: Retrieval, run: Path, arm: str, *, resume: bool, progress: bool
+    cfg: SearchConfig,
+    data: Retrieval,
+    out: Path,
+    arm: str,
+    miner: ZeroShotMiner,
+    *,
+    resume: bool,
+    progress: bool,
 ) -> None:
-    """Mine negatives for one arm with the zero-shot encoder, fine-tune, save the model."""
-    out = run / arm
-    qrels = data.split(cfg.data.train_split)
-    miner = mining_config(cfg, arm)
+    """Mine negatives for one arm with the zero-shot encoder (through ``miner``, shared across
+    arms), fine-tune at ``cfg.train.seed``, save the model in ``out/model``. The naive arm's
+    batches and miner see only each query's first listed positive
+    (:func:`~tripletkit.tasks.search_arms.training_view`)."""
+    qrels = training_view(arm, data.split(cfg.data.train_split))
+    mining = mining_config(cfg, arm)
     negatives: dict[str, list[str]] = {}
-    if miner is not None:
-        base = load_encoder(cfg.model.path, cfg.model.max_seq_length)
-        mined = mine_with(base, data, qrels, cfg, miner, run / "base" / "corpus.npz", progress)
+    if mining is not None:
+        mined = miner.mine(mining, None if qrels is miner.qrels else qrels)
         if distributed.is_main():
-            write_mined(out / "negatives.jsonl", out / "mining.json", mined, miner)
+            write_mined(out / "negatives.jsonl", out / "mining.json", mined, mining)
         negatives = mined.negatives
     model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
-    torch.manual_seed(cfg.train.seed)  # dropout: the same arm trains the same in any run
+    torch.manual_seed(cfg.train.seed)  # dropout: the same arm and seed train the same anywhere
     remine = None
-    if miner is not None and cfg.negatives.remine_every:
-        remine = remine_with(data, qrels, cfg, miner, progress)
+    if mining is not None and cfg.negatives.remine_every:
+        remine = remine_with(data, qrels, cfg, mining, progress)
     source = SearchBatches(data, qrels, negatives, cfg, remine)
     on_step = None
     if cfg.eval_every:
@@ -325,6 +363,7 @@ def train_arm(
         on_step=on_step,
         settings={
             "arm": arm,
+            "seed": cfg.train.seed,
             "loss": dataclasses.asdict(cfg.loss),
             "negatives": dataclasses.asdict(cfg.negatives),
             "model": dataclasses.asdict(cfg.model),
@@ -334,75 +373,6 @@ def train_arm(
         curve(result.steps, model)
     if distributed.is_main():
         save_encoder(model, out / "model")
-
-
-def remine_with(
-    data: Retrieval,
-    qrels: dict[str, dict[str, int]],
-    cfg: SearchConfig,
-    miner: MiningConfig,
-    progress: bool,
-) -> Callable[[torch.nn.Module], dict[str, list[str]]]:
-    """The re-miner of :class:`SearchBatches`: model (possibly wrapped in
-    DistributedDataParallel, as the training loop passes it) -> negatives per training query,
-    mined with that model's current encodings of the corpus and the queries (not cached: the
-    model changes between calls). Leaves the model in eval mode."""
-
-    def remine(model: torch.nn.Module) -> dict[str, list[str]]:
-        inner = unwrap(model)
-        inner.eval()
-        vectors = encode_sharded(inner, data.corpus.texts, cfg, progress, "corpus")
-        return mine_with(inner, data, qrels, cfg, miner, None, progress, vectors).negatives
-
-    return remine
-
-
-def mine_with(
-    model: Any,
-    data: Retrieval,
-    qrels: dict[str, dict[str, int]],
-    cfg: SearchConfig,
-    miner: MiningConfig,
-    cache: Path | None,
-    progress: bool,
-    vectors: np.ndarray | None = None,
-) -> MinedNegatives:
-    """Mine negatives for the training queries with ``model``'s embeddings."""
-    if vectors is None:
-        assert cache is not None
-        vectors = corpus_vectors(model, data, cfg, cache, progress)
-    qids = sorted(qrels)
-    q = encode_sharded(model, [data.queries[i] for i in qids], cfg, progress)
-    index = Index.build(vectors, data.corpus.ids, cfg.index)
-    show = progress and distributed.is_main()
-    return mine_negatives(qids, q, data.corpus.ids, vectors, qrels, miner, index, show)
-
-
-def write_mined(path: Path, summary: Path, mined: MinedNegatives, miner: MiningConfig) -> None:
-    """The negatives as JSONL triplets, and the filter counts as JSON."""
-    lines = [
-        json.dumps(
-            {
-                "query_id": q,
-                "negative_ids": n,
-                "negative_scores": mined.scores[q],
-                "positive_score": mined.positive_score[q],
-            }
-        )
-        for q, n in mined.negatives.items()
-    ]
-    write_text(path, "\n".join(lines) + "\n")
-    write_json(
-        summary,
-        {
-            "config": asdict(miner),
-            "queries": len(mined.negatives),
-            "candidates": mined.candidates,
-            "removed": mined.removed,
-            "kept": mined.kept,
-            "relevant_kept": mined.relevant_kept,
-        },
-    )
 
 
 def _dev_curve(data: Retrieval, cfg: SearchConfig, path: Path) -> Callable[[int, Any], None]:
@@ -433,90 +403,12 @@ def _dev_curve(data: Retrieval, cfg: SearchConfig, path: Path) -> Callable[[int,
 
 
 def evaluate(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Score every arm on the evaluation split; write run files, metrics.json and report.md.
+    """Score every arm and seed on the evaluation split and write the tables, run files and
+    report (:func:`tripletkit.tasks.search_eval.evaluate`).
 
     Returns:
-        arm -> metric -> value.
+        arm -> metric -> mean over the arm's seeds.
     """
-    from .. import search_report
+    from . import search_eval
 
-    run = Path(run_dir)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise ValueError(f"{run} is not a training run (no config.yaml); run tripletkit train")
-    cfg = from_dict(SearchConfig, yaml.safe_load(cfg_path.read_text()), where=str(cfg_path))
-    data = load_data(cfg)
-    qrels = data.split(cfg.data.eval_split)
-    qids = sorted(qrels)
-    write_text(
-        run / f"qrels.{cfg.data.eval_split}.tsv",
-        "query-id\tcorpus-id\tscore\n"
-        + "".join(f"{q}\t{d}\t{s}\n" for q in qids for d, s in qrels[q].items()),
-    )
-    summary: dict[str, dict[str, float]] = {}
-    for arm in cfg.arms:
-        if arm == "bm25":
-            ranking = bm25_run(data, qids)
-        else:
-            folder = None if arm == "base" else run / arm / "model"
-            if folder is not None and not (folder / "modules.json").is_file():
-                raise ValueError(f"arm {arm!r} has no trained model in {folder}; run train first")
-            model = load_encoder(folder if folder else cfg.model.path, cfg.model.max_seq_length)
-            vectors = corpus_vectors(
-                model, data, cfg, run / ("base" if arm == "base" else arm) / "corpus.npz", progress
-            )
-            ranking = retrieve(model, data, qids, vectors, cfg, progress)
-        write_text(run / f"{arm}.trec", metrics.trec_run(ranking, arm))
-        summary[arm] = metrics.ir_scores(ranking, qrels)
-        if progress:
-            print(
-                f"{arm}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[arm].items()), flush=True
-            )
-    write_json(run / "metrics.json", summary)
-    diagnostics = mining_diagnostics(cfg, data, run, progress)
-    search_report.search_report(run, cfg, summary, diagnostics)
-    return summary
-
-
-def mining_diagnostics(
-    cfg: SearchConfig, data: Retrieval, run: Path, progress: bool
-) -> dict[str, Any]:
-    """Mine the training queries with the zero-shot encoder, unfiltered and filtered: how many
-    unfiltered negatives the qrels judge relevant, what each filter removes, and the score
-    distributions of positives, kept negatives and removed candidates."""
-    qrels = data.split(cfg.data.train_split)
-    base = load_encoder(cfg.model.path, cfg.model.max_seq_length)
-    vectors = corpus_vectors(base, data, cfg, run / "base" / "corpus.npz", progress)
-    qids = sorted(qrels)
-    q = encode_sharded(base, [data.queries[i] for i in qids], cfg, progress)
-    index = Index.build(vectors, data.corpus.ids, cfg.index)
-    naive, miner = mining_config(cfg, "mined_unfiltered"), mining_config(cfg, "mined_filtered")
-    assert naive is not None and miner is not None
-    unfiltered = mine_negatives(qids, q, data.corpus.ids, vectors, qrels, naive, index)
-    filtered = mine_negatives(qids, q, data.corpus.ids, vectors, qrels, miner, index)
-    kept_scores = [s for v in filtered.scores.values() for s in v]
-    kept_pairs = {(qid, d) for qid, ds in filtered.negatives.items() for d in ds}
-    removed_scores = [
-        s
-        for qid, ds in unfiltered.negatives.items()
-        for d, s in zip(ds, unfiltered.scores[qid], strict=True)
-        if (qid, d) not in kept_pairs
-    ]
-    multi = [qid for qid, docs in qrels.items() if sum(v > 0 for v in docs.values()) > 1]
-    multi_kept = sum(len(unfiltered.negatives.get(qid, [])) for qid in multi)
-    return {
-        "multi_queries": len(multi),
-        "multi_kept": multi_kept,
-        "unfiltered_relevant_share": unfiltered.relevant_kept / max(1, unfiltered.kept),
-        "unfiltered_kept": unfiltered.kept,
-        "unfiltered_relevant": unfiltered.relevant_kept,
-        "filtered": {
-            "candidates": filtered.candidates,
-            "removed": filtered.removed,
-            "kept": filtered.kept,
-            "config": asdict(miner),
-        },
-        "positive_scores": list(filtered.positive_score.values()),
-        "kept_scores": kept_scores,
-        "removed_scores": removed_scores,
-    }
+    return search_eval.evaluate(run_dir, progress=progress)
