@@ -87,3 +87,24 @@ def test_an_unreadable_image_is_named_in_a_warning_or_error(tmp_path):
     assert len(data) == 4
     with pytest.raises(ValueError, match="9.png"):
         load_chips(str(faces), cache=tmp_path / "cache", strict=True, progress=False)
+
+
+def test_the_same_files_elsewhere_share_the_cache_and_name_their_own_paths(tmp_path, monkeypatch):
+    # a fresh checkout (another virtual environment holds ORL elsewhere) reads the chips cached
+    # by the first: their paths must be where the files are now, not where they were
+    import shutil
+
+    faces = make_faces(tmp_path / "a", identities=2, per_id=2)
+    (faces / "person01" / "9.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning):
+        load_chips(str(faces), cache=tmp_path / "cache", progress=False)
+    moved = tmp_path / "b"
+    shutil.copytree(faces, moved)
+
+    def no_computing(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(chips, "_compute", no_computing)
+    with pytest.warns(UserWarning, match=str(moved / "person01" / "9.png")):
+        again = load_chips(str(moved), cache=tmp_path / "cache", progress=False)
+    assert again.paths == [str(moved / f"person0{i}" / f"{j}.png") for i in (0, 1) for j in (0, 1)]

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write
 from .images import SUFFIXES, ImageSet, list_identities, orl_root
 
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"  # 2: paths stored relative to the source folder
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 UPSAMPLE = 1  # the HOG detector runs on the image upscaled 2x
@@ -149,9 +149,13 @@ def load_chips(
     path = (Path(cache) if cache is not None else cache_dir()) / "chips" / f"{key}.npz"
     stored = _read(path)
     if stored is None:
-        stored = _compute(groups, settings, progress)
+        stored = _compute(root, groups, settings, progress)
         _write(path, stored)
-    problems = [(p, why) for p, why in zip(stored["bad"], stored["bad_why"], strict=True)]
+    # paths are stored relative to the source folder: the same files elsewhere (another
+    # checkout, another virtual environment) share the cache
+    problems = [
+        (str(root / p), why) for p, why in zip(stored["bad"], stored["bad_why"], strict=True)
+    ]
     _report(problems, strict)
     names = [str(n) for n in stored["names"]]
     if not names:
@@ -161,15 +165,16 @@ def load_chips(
         torch.from_numpy(stored["chips"]),
         torch.from_numpy(stored["labels"].astype(np.int64)),
         names,
-        [str(p) for p in stored["paths"]],
+        [str(root / p) for p in stored["paths"]],
         listing,
     )
 
 
 def _compute(
-    groups: list[tuple[str, list[Path]]], settings: ChipSettings, progress: bool
+    root: Path, groups: list[tuple[str, list[Path]]], settings: ChipSettings, progress: bool
 ) -> dict[str, np.ndarray]:
-    """Chips, labels, names and paths of the readable files; the others with their reason."""
+    """Chips, labels, names and paths (relative to ``root``) of the readable files; the others
+    with their reason."""
     from .align import ImageError, best_face, load_photo
 
     chips, owners, paths, bad, bad_why = [], [], [], [], []
@@ -181,7 +186,7 @@ def _compute(
         try:
             image = low_resolution(load_photo(path), settings.lowres)
         except ImageError as err:
-            bad.append(str(path))
+            bad.append(str(path.relative_to(root)))
             bad_why.append(err.reason)
             continue
         face = best_face(
@@ -193,12 +198,12 @@ def _compute(
             padding=settings.padding,
         )
         if face is None:  # only for an empty image
-            bad.append(str(path))
+            bad.append(str(path.relative_to(root)))
             bad_why.append("empty image")
             continue
         chips.append(face.chip.transpose(2, 0, 1))
         owners.append(name)
-        paths.append(str(path))
+        paths.append(str(path.relative_to(root)))
     names = sorted(set(owners))
     index = {n: i for i, n in enumerate(names)}
     size = settings.size
