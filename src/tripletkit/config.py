@@ -33,7 +33,7 @@ class DataConfig:
         channels: 1 (grayscale) or 3 (RGB).
         strict: an unreadable image is an error instead of a warning.
         pairs: optional LFW-style pairs file for verification.
-        detect: find and crop the largest face in each image first (OpenCV cascade).
+        detect: find and crop the largest face in each image first (dlib's HOG detector).
         val_people: how many of each fold's training people are held out as validation
             people (seeded by ``seed`` and the fold): every choice (thresholds, steps, recipe)
             is made on them; 0: none (thresholds then come from the training people).

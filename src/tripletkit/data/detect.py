@@ -1,52 +1,39 @@
-"""Face detection for raw photos: OpenCV's bundled Haar cascade (prebuilt wheel, offline).
+"""Face crops for the from-scratch model: the largest face of a photo, as a box crop.
 
-Superseded by ``tripletkit.data.align`` (dlib's HOG or CNN detector, 5 landmarks and the
-aligned chip of dlib's descriptor): on the 400 ORL images the cascade finds exactly one face in
-347, dlib's HOG detector in 390. Kept only while ``--detect`` still calls ``face_cropper``.
+Detection is dlib's (:func:`tripletkit.data.align.find_faces`, HOG or MMOD CNN), the same the
+pretrained descriptor uses. It replaced OpenCV's Haar cascade, which on the 400 ORL images
+found exactly one face in 347 against HOG's 390 and gave no landmarks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 from PIL import Image
 
 
-def face_cropper(margin: float = 0.15) -> Callable[[Image.Image], Image.Image | None]:
-    """A function that crops the largest frontal face of an image (None when there is none).
+def face_cropper(
+    margin: float = 0.15, detector: str = "hog"
+) -> Callable[[Image.Image], Image.Image | None]:
+    """A function that crops the largest face of an image (None when there is none).
 
     Args:
         margin: extra border around the detected box, as a fraction of its size.
-
-    Raises:
-        ValueError: with an install hint when OpenCV is missing.
+        detector: "hog" or "cnn" (see :func:`tripletkit.data.align.find_faces`).
     """
-    try:
-        import cv2
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ValueError("--detect needs OpenCV: pip install 'opencv-python-headless<5'") from err
-    cascade_file = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
-    cascade = cv2.CascadeClassifier(cascade_file)
-    if cascade.empty():  # pragma: no cover
-        raise ValueError("OpenCV's frontal face cascade could not be loaded")
+    from .align import find_faces
 
     def crop(image: Image.Image) -> Image.Image | None:
-        gray = np.asarray(image.convert("L"))
-        side = min(gray.shape)
-        faces = cascade.detectMultiScale(
-            gray, scaleFactor=1.1, minNeighbors=5, minSize=(max(16, side // 10),) * 2
-        )
-        if len(faces) == 0:
+        faces = find_faces(image, detector=detector)
+        if not faces:
             return None
-        x, y, w, h = (int(v) for v in max(faces, key=lambda f: int(f[2]) * int(f[3])))
-        dx, dy = int(w * margin), int(h * margin)
-        box = (
-            max(0, x - dx),
-            max(0, y - dy),
-            min(gray.shape[1], x + w + dx),
-            min(gray.shape[0], y + h + dy),
+        left, top, right, bottom = max(
+            (f.box for f in faces), key=lambda b: (b[2] - b[0]) * (b[3] - b[1])
         )
-        return image.crop(box)
+        dx, dy = int((right - left) * margin), int((bottom - top) * margin)
+        width, height = image.size
+        return image.crop(
+            (max(0, left - dx), max(0, top - dy), min(width, right + dx), min(height, bottom + dy))
+        )
 
     return crop
