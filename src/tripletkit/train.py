@@ -291,7 +291,7 @@ def check_settings(path: Path, state: Mapping[str, Any], recorded: Mapping[str, 
         return
     if state.get("config_hash") == settings_hash(recorded):
         return
-    old, new = _flatten(state["config"]), _flatten(recorded)
+    old, new = flatten(state["config"]), flatten(recorded)
     changes = [
         f"{key} {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
         for key in sorted(old.keys() | new.keys())
@@ -309,12 +309,12 @@ def check_settings(path: Path, state: Mapping[str, Any], recorded: Mapping[str, 
 _UNSET = object()
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as one dict with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat |= _flatten(value, f"{prefix}{key}.")
+            flat |= flatten(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat

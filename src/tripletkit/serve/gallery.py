@@ -46,6 +46,7 @@ from typing import IO, Any
 import numpy as np
 
 from .._io import atomic_write, write_json
+from ..index import _faiss
 
 DB_FILE = "gallery.sqlite"
 INDEX_FILE = "faces.faiss"
@@ -524,14 +525,6 @@ def _unit_rows(x: np.ndarray, dim: int, what: str) -> np.ndarray:
     if (norms == 0).any():
         raise GalleryError(f"{what} contain a zero vector")
     return np.ascontiguousarray(x / norms, dtype=np.float32)
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ValueError("the face gallery needs FAISS: pip install faiss-cpu") from err
-    return faiss
 
 
 def _empty_index(dim: int) -> Any:

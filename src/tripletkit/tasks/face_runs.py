@@ -24,7 +24,7 @@ import numpy as np
 from .._io import write_json
 from ..config import Config, DataConfig, to_dict
 from ..data.images import ImageSet, identity_folds
-from ..train import RUN_ONLY_KEYS, settings_hash
+from ..train import RUN_ONLY_KEYS, flatten, settings_hash
 
 RECORD = "run.json"
 # Config keys that do not change what a run computes: which folds run, evaluation pairs,
@@ -110,7 +110,7 @@ def split_names(data: ImageSet, plan: list[Fold]) -> dict[str, dict[str, list[st
 
 def shaping_settings(cfg: Config) -> dict[str, Any]:
     """The config as a flat dict of dotted keys, less :data:`FREE_KEYS`."""
-    flat = _flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg))
     return {k: v for k, v in flat.items() if k not in FREE_KEYS}
 
 
@@ -187,13 +187,3 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if before.get(part) != names:
                 problems.append(f"people: {fold} {part} was {before.get(part)}, now {names}")
     return problems
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
