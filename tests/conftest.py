@@ -27,14 +27,16 @@ def random_labels(layout: str, n: int, gen: torch.Generator) -> torch.Tensor:
 LAYOUTS = ["balanced", "unbalanced", "singletons", "one_class", "distinct", "large_k"]
 
 
-@pytest.fixture(params=["compare", "grid"])
+@pytest.fixture(params=["compare", "grid", "search"])
 def bucketing(request, monkeypatch):
-    """Run a test under both bucketing paths of the miner."""
+    """Run a test under every bucketing path of the miner: the CPU's two, and the GPU's
+    torch.searchsorted (taken here on the CPU)."""
     import tripletkit._bucketing as bucketing
 
     monkeypatch.setattr(
         bucketing, "COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0
     )
+    monkeypatch.setattr(bucketing, "searches_on", lambda device: request.param == "search")
     return request.param
 
 

@@ -413,7 +413,8 @@ def test_no_gradient_surrogate_without_gradient(mining, monkeypatch):
 @pytest.mark.parametrize("soft", [False, True])
 def test_every_strategy_runs_under_deterministic_algorithms(mining, soft, bucketing):
     """The CUDA path must work under torch.use_deterministic_algorithms(True): counts stay in
-    integers. On CPU this checks that nothing refuses the mode and the result is unchanged."""
+    integers and float running sums take the log-step scan (a float cumsum raises on CUDA). On
+    CPU this checks that nothing refuses the mode and the result is unchanged up to rounding."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(60, 6, generator=gen)
     labels = torch.randint(0, 4, (60,), generator=gen)
@@ -429,7 +430,30 @@ def test_every_strategy_runs_under_deterministic_algorithms(mining, soft, bucket
         loss.backward()
     finally:
         torch.use_deterministic_algorithms(before)
-    assert loss == want and torch.isfinite(e.grad).all()
+    torch.testing.assert_close(loss, want)
+    assert torch.isfinite(e.grad).all()
+
+
+def test_prefix_sums_scan_matches_cumsum():
+    """The log-step scan taken under deterministic algorithms against cumsum, at widths around
+    powers of two, with +inf entries (masked columns) that must only reach later columns."""
+    from tripletkit.mining import prefix_sums
+
+    gen = torch.Generator().manual_seed(0)
+    for width in [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 64, 65, 130]:
+        x = torch.rand(5, width, generator=gen, dtype=torch.float64)
+        if width > 2:
+            x[1, width // 2] = float("inf")
+        want = x.cumsum(1)
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            got = prefix_sums(x)
+            counts = prefix_sums(torch.arange(width).repeat(2, 1))
+        finally:
+            torch.use_deterministic_algorithms(before)
+        torch.testing.assert_close(got, want)
+        assert torch.equal(counts, torch.arange(width).cumsum(0).repeat(2, 1))
 
 
 DEVICES = [

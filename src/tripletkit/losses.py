@@ -414,11 +414,18 @@ def _soft_all_terms(dist: Tensor, groups: Groups | Relevance) -> _Terms:
 
 
 def _stats(found: Scan, terms: _Terms) -> TripletStats:
-    valid = float(found.valid_triplets)
-    hard = float(found.hard_triplets)
-    not_easy = float(found.not_easy_triplets)
+    totals = (
+        found.valid_triplets,
+        found.hard_triplets,
+        found.not_easy_triplets,
+        found.n_ap,
+        found.n_an,
+        found.sum_d_ap,
+        found.sum_d_an,
+    )
+    # one copy to the host, not seven
+    valid, hard, not_easy, n_ap, n_an, sum_d_ap, sum_d_an = torch.stack(totals).tolist()
     share = (lambda k: k / valid) if valid else (lambda k: 0.0)
-    n_ap, n_an = float(found.n_ap), float(found.n_an)
     return TripletStats(
         triplets=terms.selected,
         active_fraction=terms.active / terms.selected if terms.selected else 0.0,
@@ -426,8 +433,8 @@ def _stats(found: Scan, terms: _Terms) -> TripletStats:
         easy_fraction=share(valid - not_easy),
         semihard_fraction=share(not_easy - hard),
         hard_fraction=share(hard),
-        mean_d_ap=float(found.sum_d_ap) / n_ap if n_ap else math.nan,
-        mean_d_an=float(found.sum_d_an) / n_an if n_an else math.nan,
+        mean_d_ap=sum_d_ap / n_ap if n_ap else math.nan,
+        mean_d_an=sum_d_an / n_an if n_an else math.nan,
         dropped_pairs=terms.dropped,
     )
 

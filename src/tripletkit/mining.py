@@ -333,7 +333,7 @@ def _scan_chunk(
     """Fill ``out`` for one chunk of rows."""
     chunk, pos, pos_valid, d_ap, neg_sum = masked_rows(distances, groups, rows, ws)
     out.pos[rows], out.pos_valid[rows], out.d_ap[rows] = pos, pos_valid, d_ap
-    out.sum_d_ap += d_ap[pos_valid].sum(dtype=torch.float64)
+    out.sum_d_ap += torch.where(pos_valid, d_ap, 0.0).sum(dtype=torch.float64)  # (no mask: no sync)
     out.sum_d_an += neg_sum
     if out.closest is not None:
         closest_val, closest = chunk.min(1)
@@ -432,7 +432,7 @@ def _hinge_sums(
     assert out.neg_weight is not None
     # Masked entries add +inf to their own bucket, past every finite threshold: never read.
     sums = torch.zeros(len(chunk), at_most.shape[1] + 1, dtype=chunk.dtype, device=chunk.device)
-    below_sum = sums.scatter_add_(1, bucket, chunk).cumsum(1).gather(1, where)
+    below_sum = prefix_sums(sums.scatter_add_(1, bucket, chunk)).gather(1, where)
     out.hinge_count[rows] = torch.where(valid, at_most[:, cols], 0).to(chunk.dtype)
     out.hinge_sum[rows] = torch.where(valid, below_sum[:, cols], 0.0)
     # weight of negative n = -#{valid hinge thresholds >= its bucket} = #{those before} - total.
@@ -442,6 +442,20 @@ def _hinge_sums(
     total = is_hinge.sum(1, keepdim=True)
     seen = torch.gather(before, 1, bucket, out=ws.like("cell", chunk, torch.long))
     torch.sub(seen, total, out=out.neg_weight[rows])
+
+
+def prefix_sums(x: Tensor) -> Tensor:
+    """Running sums along dim 1. Under ``torch.use_deterministic_algorithms(True)`` a float
+    ``cumsum`` raises on CUDA, so there (on every device, so that the CPU tests run the same
+    code) it is a log-step scan: after the step of shift s, column c holds the sum of columns
+    c - 2s + 1 to c, in an order fixed by the shape alone."""
+    if not (x.is_floating_point() and torch.are_deterministic_algorithms_enabled()):
+        return x.cumsum(1)
+    out, shift = x.clone(), 1
+    while shift < out.shape[1]:
+        out[:, shift:] = out[:, shift:] + out[:, :-shift]  # the right side is a new tensor
+        shift *= 2
+    return out
 
 
 def _closest_above(
