@@ -41,7 +41,7 @@ RECIPES: dict[str, dict[str, tuple[str, list[str]]]] = {
                 "model.mix_resolutions=true",
             ],
         ),
-        "level5+fc, lr 3e-5, 100 steps, one model per resolution (shipped)": (
+        "level5+fc, lr 3e-5, 100 steps, one model per resolution": (
             DLIB,
             ["model.train_levels=1", "train.lr=3e-5", "train.max_steps=100"],
         ),
@@ -54,6 +54,36 @@ RECIPES: dict[str, dict[str, tuple[str, list[str]]]] = {
                 "loss.mining=hard",
                 "loss.curriculum=none",
             ],
+        ),
+        "frozen, CNN detector": (DLIB, ["model.train_levels=0", "data.detector=cnn"]),
+        "level5+fc, lr 3e-5, 100 steps, CNN detector": (
+            DLIB,
+            ["data.detector=cnn", "model.train_levels=1", "train.lr=3e-5", "train.max_steps=100"],
+        ),
+        "level5+fc, lr 3e-5, 100 steps, batch-hard, CNN detector (shipped)": (
+            DLIB,
+            [
+                "data.detector=cnn",
+                "model.train_levels=1",
+                "train.lr=3e-5",
+                "train.max_steps=100",
+                "loss.mining=hard",
+                "loss.curriculum=none",
+            ],
+        ),
+        "level5+fc, lr 3e-5, 100 steps, margin 0.5, CNN detector": (
+            DLIB,
+            [
+                "data.detector=cnn",
+                "model.train_levels=1",
+                "train.lr=3e-5",
+                "train.max_steps=100",
+                "loss.margin=0.5",
+            ],
+        ),
+        "levels 4-5+fc, lr 3e-5, 100 steps, CNN detector": (
+            DLIB,
+            ["data.detector=cnn", "model.train_levels=2", "train.lr=3e-5", "train.max_steps=100"],
         ),
     },
     "scratch": {

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..data.align import DETECTORS
 from ..data.chips import ChipSettings, load_chips
 from ..data.images import ImageSet
 from ..models.dlib_resnet import DlibResNet
@@ -43,9 +44,14 @@ def chip_sets(cfg: Config, progress: bool) -> dict[int, ImageSet]:
     Raises:
         ValueError: when two resolutions do not hold the same images.
     """
+    if cfg.data.detector not in DETECTORS:
+        raise ValueError(f"data.detector must be one of {DETECTORS}, got {cfg.data.detector!r}")
     sets = {
         f: load_chips(
-            cfg.data.source, ChipSettings(lowres=f), strict=cfg.data.strict, progress=progress
+            cfg.data.source,
+            ChipSettings(lowres=f, detector=cfg.data.detector),
+            strict=cfg.data.strict,
+            progress=progress,
         )
         for f in cfg.data.lowres
     }
