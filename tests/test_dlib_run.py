@@ -82,3 +82,11 @@ def test_a_dlib_run_fine_tunes_evaluates_and_reports(tmp_path, monkeypatch):
     intervals = json.loads((run / "intervals.json").read_text())
     low, high = intervals["finetuned"]["eer"]
     assert 0.0 <= low <= high <= 1.0
+
+
+def test_an_unknown_detector_is_named(tmp_path):
+    from tripletkit.tasks.dlib_run import chip_sets
+
+    cfg = load_config(None, ["model.backbone=dlib", "data.detector=mtcnn"])
+    with pytest.raises(ValueError, match=r"data.detector must be one of \('hog', 'cnn'\)"):
+        chip_sets(cfg, progress=False)

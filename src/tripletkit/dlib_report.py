@@ -40,6 +40,8 @@ FINETUNE_TARGETS = [
     ("", "val_at_far_1e-3", ">=", 0.98),
 ]
 
+DETECTOR_NAMES = {"hog": "dlib's HOG detector", "cnn": "dlib's MMOD CNN detector"}
+
 
 def finetune_report(
     run: Path,
@@ -107,6 +109,7 @@ def _pair_histograms(
     from .tasks.face_models import STOCK_THRESHOLD, load_model
 
     fig, axes = subplots(len(suffixes), 2, figsize=(11, 3.4 * len(suffixes)), squeeze=False)
+    fig.set_layout_engine("constrained")  # else an x label runs into the next row's titles
     first = folds[0]
     for row, (sfx, factor) in enumerate(zip(suffixes, cfg.data.lowres, strict=True)):
         folder = variant_folder(run, factor, tuple(cfg.data.lowres)) / plan[0].name
@@ -260,8 +263,8 @@ every image shrunk f times with bilinear filtering and enlarged back before dete
 camera-domain shift of issue 9; methods suffixed `{low}`).
 
 **Models**: `pretrained`: dlib's face recognition ResNet (about 3 million faces), frozen, on
-aligned 150 x 150 chips (HOG detector on the image upscaled 2x, the whole image when no face is
-found, 5 landmarks). `finetuned`: the same network, its top {m.train_levels} level(s) and final
+aligned 150 x 150 chips ({DETECTOR_NAMES[cfg.data.detector]} on the image upscaled 2x, the whole
+image when no face is found, 5 landmarks). `finetuned`: the same network, its top {m.train_levels} level(s) and final
 layer trained with the triplet loss ({cfg.loss.mining} mining, margin {cfg.loss.margin},
 curriculum {cfg.loss.curriculum}) on the training people's chips
 {"of every resolution together" if m.mix_resolutions else "of its own resolution"}
