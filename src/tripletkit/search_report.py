@@ -131,8 +131,8 @@ def _figures(run: Path, cfg: Any, diagnostics: dict[str, Any]) -> list[tuple[str
             "scores.png",
             "Cosine similarity to the query, zero-shot encoder: each training query's "
             "lowest-scoring positive, the negatives the filtered miner keeps, and the naive "
-            "miner's negatives that the filters reject (judged relevant, or above 95% of the "
-            "positive's score).",
+            "miner's negatives that the filters reject (judged relevant, or above p - "
+            f"{cfg.negatives.relative_margin:g} |p|, p the positive's score).",
         )
     )
     return figures
