@@ -264,9 +264,9 @@ camera-domain shift of issue 9; methods suffixed `{low}`).
 
 **Models**: `pretrained`: dlib's face recognition ResNet (about 3 million faces), frozen, on
 aligned 150 x 150 chips ({DETECTOR_NAMES[cfg.data.detector]} on the image upscaled 2x, the whole
-image when no face is found, 5 landmarks). `finetuned`: the same network, its top {m.train_levels} level(s) and final
-layer trained with the triplet loss ({cfg.loss.mining} mining, margin {cfg.loss.margin},
-curriculum {cfg.loss.curriculum}) on the training people's chips
+image when no face is found, 5 landmarks). `finetuned`: the same network, its top
+{m.train_levels} level(s) and final layer trained with the triplet loss ({cfg.loss.mining}
+mining, margin {cfg.loss.margin}, curriculum {cfg.loss.curriculum}) on the training people's chips
 {"of every resolution together" if m.mix_resolutions else "of its own resolution"}
 {"and their mirrors" if m.mirror else ""}: {steps} of P x K = {t.p} x {t.k}, {t.optimizer},
 learning rate {t.lr} ({t.schedule}); the frozen levels' output computed once. `eigenfaces` and
