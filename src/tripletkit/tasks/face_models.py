@@ -55,11 +55,10 @@ DEFAULT_FAR = 1e-3
 # 0.6 there is about 0.43 here. These were calibrated instead, with :func:`calibrate`, on all
 # 400 ORL images (40 people, full resolution, chips of tripletkit.data.chips): verification at
 # FAR 1e-3 over the 79,800 pairs; clustering at the best ARI (experiments/dlib_thresholds.py
-# regenerates them). Every ORL person is a test
-# person in some fold of the demo, so on ORL they are optimistic; the demo's own numbers never
-# use them (its metrics sweep every threshold, and fine-tuned models calibrate on validation
-# people). On the face_recognition 1.3.0 test photos obama/obama2/obama3 are 0.24-0.31 apart,
-# biden 0.59-0.63 from each.
+# regenerates them). Every ORL person is a test person in some fold of the demo, so on ORL
+# they are optimistic; the demo's own numbers never use them (its metrics sweep every
+# threshold, and fine-tuned models calibrate on validation people). On the face_recognition
+# 1.3.0 test photos obama/obama2/obama3 are 0.24-0.31 apart, biden 0.59-0.63 from each.
 STOCK_THRESHOLD = 0.367
 STOCK_CLUSTER_THRESHOLD = 0.345
 STOCK_CALIBRATION = "all 400 ORL images (40 people, full resolution) at FAR 1e-3"
