@@ -113,3 +113,18 @@ def test_an_unknown_backbone_is_named(tmp_path):
         ValueError, match="model.backbone must be 'scratch' or 'dlib', got 'resnet'"
     ):
         faces.train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("config", ["configs/orl.yaml", "configs/orl-scratch.yaml"])
+def test_shipped_face_configs_fill_their_batches_on_every_fold(config):
+    """Each shipped ORL config's P x K batches fit the training people of every fold: a config
+    asking for more people per batch than a fold trains on fails before its first step."""
+    cfg = load_config(config)
+    data = faces.load_faces(cfg.data)
+    plan = folds(cfg.data, data)
+    assert len(plan) == cfg.data.folds
+    for fold in plan:
+        train = data.subset(fold.train)
+        assert len(np.unique(train.labels.numpy())) == 40 - 10 - cfg.data.val_people
+        batch = next(iter(faces.FaceBatches(train, cfg).sampler))
+        assert len(batch) == cfg.train.p * cfg.train.k
