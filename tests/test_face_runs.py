@@ -128,3 +128,26 @@ def test_shipped_face_configs_fill_their_batches_on_every_fold(config):
         assert len(np.unique(train.labels.numpy())) == 40 - 10 - cfg.data.val_people
         batch = next(iter(faces.FaceBatches(train, cfg).sampler))
         assert len(batch) == cfg.train.p * cfg.train.k
+
+
+def test_demo_report_quotes_a_scratch_run_only_with_the_same_people(tmp_path):
+    from tripletkit.dlib_report import _quote_scratch
+
+    split = {"fold0": {"train": ["a", "b"], "validation": ["c"], "test": ["d"]}}
+    scratch_metrics = {"tripletkit": {"eer": {"mean": 0.07, "std": 0.01}}}
+    run, scratch = tmp_path / "demo", tmp_path / "demo-scratch"
+    for folder in (run, scratch):
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"folds": split}))
+    (scratch / "metrics.json").write_text(json.dumps(scratch_metrics))
+    cfg = load_config("configs/orl.yaml")
+    summary: dict = {}
+    assert _quote_scratch(run, cfg, summary) == scratch / "metrics.json"
+    assert summary["scratch"] == scratch_metrics["tripletkit"]
+
+    moved = {"fold0": {"train": ["a", "c"], "validation": ["b"], "test": ["d"]}}
+    (scratch / "run.json").write_text(json.dumps({"folds": moved}))
+    summary = {}
+    assert _quote_scratch(run, cfg, summary) is None and summary == {}
+    (scratch / "run.json").unlink()
+    assert _quote_scratch(run, cfg, summary) is None and summary == {}

@@ -91,10 +91,19 @@ def write_json_file(path: Path, value: Any) -> None:
 
 
 def _quote_scratch(run: Path, cfg: Any, summary: dict[str, metrics.Summary]) -> Path | None:
-    path = run.parent / f"{cfg.name}-scratch" / "metrics.json"
+    """The from-scratch run's metrics, quoted only when it split the same people into the
+    same train / validation / test parts as this run (both ``run.json`` records agree)."""
+    scratch = run.parent / f"{cfg.name}-scratch"
+    path = scratch / "metrics.json"
     try:
         quoted = json.loads(path.read_text(encoding="utf-8"))["tripletkit"]
+        folds = [
+            json.loads((r / "run.json").read_text(encoding="utf-8"))["folds"]
+            for r in (run, scratch)
+        ]
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if folds[0] != folds[1]:
         return None
     summary["scratch"] = quoted
     return path
@@ -233,7 +242,8 @@ def _finetune_text(
         "(`make demo-scratch`, configs/orl-scratch.yaml: the same folds and validation people, "
         "trained separately because it takes longer than this demo's time budget)."
         if quoted is not None
-        else "No from-scratch run was found to quote (`make demo-scratch` writes one)."
+        else "No from-scratch run with the same folds and validation people was found to quote "
+        "(`make demo-scratch` writes one)."
     )
     fold_rows = "\n".join(
         f"| {f.name} | "
