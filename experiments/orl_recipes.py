@@ -1,7 +1,9 @@
 """ORL recipes compared on the VALIDATION people of the same 4 identity folds: the choices of
 `make demo` (fine-tuning recipe, steps, learning rate, levels) and of `make demo-scratch` are
 made here, never on the test people. Each recipe is a shipped config plus overrides; writes
-docs/orl_recipes.md, ranked by validation EER.
+docs/orl_recipes.md (dlib) or docs/orl_recipes_scratch.md, ranked by validation EER. A
+finished row (its run's recipe.json and validation.json) is reused, so a rerun trains only new
+or changed rows.
 
     python experiments/orl_recipes.py --which dlib      # fine-tuning recipes (configs/orl.yaml)
     python experiments/orl_recipes.py --which scratch   # from-scratch recipes (about 25 min)
@@ -11,79 +13,80 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from tripletkit._io import write_text
-from tripletkit.config import load_config
+from tripletkit.config import Config, load_config
 from tripletkit.report import summary_cell
 from tripletkit.tasks import faces
 
 DLIB = "configs/orl.yaml"
 SCRATCH = "configs/orl-scratch.yaml"
+
+
+def dlib_row(
+    detector: str, levels: int, lr: str, steps: int, mining: str, *extra: str
+) -> tuple[str, list[str]]:
+    """A fine-tuning recipe with every setting that differed between rows spelt out, so a row
+    means the same run whatever configs/orl.yaml says today."""
+    curriculum = "default" if mining == "semi-hard" else "none"
+    return DLIB, [
+        f"data.detector={detector}",
+        f"model.train_levels={levels}",
+        f"train.lr={lr}",
+        f"train.max_steps={steps}",
+        f"loss.mining={mining}",
+        f"loss.curriculum={curriculum}",
+        *extra,
+    ]
+
+
 RECIPES: dict[str, dict[str, tuple[str, list[str]]]] = {
-    "dlib": {
-        "frozen (no fine-tuning)": (DLIB, ["model.train_levels=0"]),
-        "level5+fc, lr 1e-5, 100 steps, one model per resolution": (
-            DLIB,
-            ["model.train_levels=1", "train.lr=1e-5", "train.max_steps=100"],
+    "dlib": {  # new rows go last: a row's index names its run folder
+        "frozen, HOG detector": dlib_row("hog", 0, "3e-5", 100, "semi-hard"),
+        "level5+fc, lr 1e-5, 100 steps, HOG detector": dlib_row("hog", 1, "1e-5", 100, "semi-hard"),
+        "level5+fc, lr 1e-4, 200 steps, HOG detector": dlib_row("hog", 1, "1e-4", 200, "semi-hard"),
+        "level5+fc, lr 1e-5, 100 steps, both resolutions, HOG detector": dlib_row(
+            "hog", 1, "1e-5", 100, "semi-hard", "model.mix_resolutions=true"
         ),
-        "level5+fc, lr 1e-4, 200 steps, one model per resolution": (
-            DLIB,
-            ["model.train_levels=1", "train.lr=1e-4", "train.max_steps=200"],
+        "level5+fc, lr 3e-5, 100 steps, HOG detector": dlib_row("hog", 1, "3e-5", 100, "semi-hard"),
+        "level5+fc, lr 3e-5, 100 steps, batch-hard, HOG detector": dlib_row(
+            "hog", 1, "3e-5", 100, "hard"
         ),
-        "level5+fc, lr 1e-5, 100 steps, both resolutions in one model": (
-            DLIB,
-            [
-                "model.train_levels=1",
-                "train.lr=1e-5",
-                "train.max_steps=100",
-                "model.mix_resolutions=true",
-            ],
+        "frozen, CNN detector": dlib_row("cnn", 0, "3e-5", 100, "semi-hard"),
+        "level5+fc, lr 3e-5, 100 steps, CNN detector": dlib_row("cnn", 1, "3e-5", 100, "semi-hard"),
+        "level5+fc, lr 3e-5, 100 steps, batch-hard, CNN detector": dlib_row(
+            "cnn", 1, "3e-5", 100, "hard"
         ),
-        "level5+fc, lr 3e-5, 100 steps, one model per resolution": (
-            DLIB,
-            ["model.train_levels=1", "train.lr=3e-5", "train.max_steps=100"],
+        "level5+fc, lr 3e-5, 100 steps, margin 0.5, CNN detector": dlib_row(
+            "cnn", 1, "3e-5", 100, "semi-hard", "loss.margin=0.5"
         ),
-        "level5+fc, lr 3e-5, 100 steps, batch-hard, one model per resolution": (
-            DLIB,
-            [
-                "model.train_levels=1",
-                "train.lr=3e-5",
-                "train.max_steps=100",
-                "loss.mining=hard",
-                "loss.curriculum=none",
-            ],
+        "levels 4-5+fc, lr 3e-5, 100 steps, CNN detector": dlib_row(
+            "cnn", 2, "3e-5", 100, "semi-hard"
         ),
-        "frozen, CNN detector": (DLIB, ["model.train_levels=0", "data.detector=cnn"]),
-        "level5+fc, lr 3e-5, 100 steps, CNN detector": (
-            DLIB,
-            ["data.detector=cnn", "model.train_levels=1", "train.lr=3e-5", "train.max_steps=100"],
+        "level5+fc, lr 1e-4, 100 steps, batch-hard, CNN detector": dlib_row(
+            "cnn", 1, "1e-4", 100, "hard"
         ),
-        "level5+fc, lr 3e-5, 100 steps, batch-hard, CNN detector (shipped)": (
-            DLIB,
-            [
-                "data.detector=cnn",
-                "model.train_levels=1",
-                "train.lr=3e-5",
-                "train.max_steps=100",
-                "loss.mining=hard",
-                "loss.curriculum=none",
-            ],
+        "level5+fc, lr 3e-5, 300 steps, batch-hard, CNN detector": dlib_row(
+            "cnn", 1, "3e-5", 300, "hard"
         ),
-        "level5+fc, lr 3e-5, 100 steps, margin 0.5, CNN detector": (
-            DLIB,
-            [
-                "data.detector=cnn",
-                "model.train_levels=1",
-                "train.lr=3e-5",
-                "train.max_steps=100",
-                "loss.margin=0.5",
-            ],
+        "levels 4-5+fc, lr 1e-5, 100 steps, batch-hard, CNN detector": dlib_row(
+            "cnn", 2, "1e-5", 100, "hard"
         ),
-        "levels 4-5+fc, lr 3e-5, 100 steps, CNN detector": (
-            DLIB,
-            ["data.detector=cnn", "model.train_levels=2", "train.lr=3e-5", "train.max_steps=100"],
+        "level5+fc, lr 3e-5, 100 steps, batch-hard, both resolutions, CNN detector": dlib_row(
+            "cnn", 1, "3e-5", 100, "hard", "model.mix_resolutions=true"
+        ),
+        "levels 3-5+fc, lr 1e-5, 100 steps, batch-hard, CNN detector": dlib_row(
+            "cnn", 3, "1e-5", 100, "hard"
+        ),
+        "level5+fc, lr 3e-5, 600 steps, batch-hard, CNN detector": dlib_row(
+            "cnn", 1, "3e-5", 600, "hard"
+        ),
+        "level5+fc, lr 3e-5, 300 steps, batch-hard, both resolutions, CNN detector": dlib_row(
+            "cnn", 1, "3e-5", 300, "hard", "model.mix_resolutions=true"
         ),
     },
     "scratch": {
@@ -91,11 +94,23 @@ RECIPES: dict[str, dict[str, tuple[str, list[str]]]] = {
             SCRATCH,
             ["model.head=avg", "train.p=10", "train.epochs=120"],
         ),
-        "spatial head, P=10, 120 epochs": (SCRATCH, ["train.p=10", "train.epochs=120"]),
-        "spatial head, P=24, 300 epochs (shipped)": (SCRATCH, ["train.p=24"]),
-        "shipped + margin growing 0.2 -> 1.0": (SCRATCH, ["train.p=24", "loss.margin_end=1.0"]),
+        "spatial head, P=10, 120 epochs": (
+            SCRATCH,
+            ["model.head=flatten", "train.p=10", "train.epochs=120"],
+        ),
+        "spatial head, P=24, 300 epochs": (
+            SCRATCH,
+            ["model.head=flatten", "train.p=24", "train.epochs=300"],
+        ),
+        "spatial head, P=24, 300 epochs, margin growing 0.2 -> 1.0": (
+            SCRATCH,
+            ["model.head=flatten", "train.p=24", "train.epochs=300", "loss.margin_end=1.0"],
+        ),
     },
 }
+OUT_SCRATCH = "docs/orl_recipes_scratch.md"
+SCORES = "validation.json"
+MINUTES = "recipe.json"  # a row's overrides and training minutes, written when it finishes
 COLUMNS = [
     ("val_at_far_1e-3", "VAL@1e-3"),
     ("eer", "EER"),
@@ -109,20 +124,38 @@ def model_methods(summary: dict) -> list[str]:
     return [m for m in summary if m == "tripletkit" or m.startswith("finetuned")]
 
 
+def _settings(cfg: Config) -> dict:
+    """The config without its name: what makes two rows the same run."""
+    return {k: v for k, v in asdict(cfg).items() if k != "name"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--which", choices=sorted(RECIPES), default="dlib")
     parser.add_argument("--runs", default="runs/recipes", help="where the runs go")
-    parser.add_argument("--out", default="docs/orl_recipes.md", help="the Markdown table")
+    parser.add_argument(
+        "--out", help="the Markdown table (default docs/orl_recipes.md, or _scratch.md)"
+    )
     args = parser.parse_args()
+    args.out = args.out or ("docs/orl_recipes.md" if args.which == "dlib" else OUT_SCRATCH)
     rows = []
     for i, (label, (config, overrides)) in enumerate(RECIPES[args.which].items()):
         cfg = load_config(config, [f"name={args.which}{i}", *overrides])
         run = Path(args.runs) / cfg.name
-        start = time.perf_counter()
-        faces.train(cfg, run, progress=False)
-        minutes = (time.perf_counter() - start) / 60
-        summary = faces.validate(run)
+        timing = run / MINUTES
+        row = {"config": config, "overrides": overrides}
+        kept = json.loads(timing.read_text()) if timing.is_file() else {}
+        if {k: kept.get(k) for k in row} != row:  # a finished row is kept: rerunning trains
+            (run / SCORES).unlink(missing_ok=True)  # only new or changed rows
+            start = time.perf_counter()
+            faces.train(cfg, run, progress=False)
+            kept = {**row, "minutes": (time.perf_counter() - start) / 60}
+            write_text(timing, json.dumps(kept) + "\n")
+        minutes = kept["minutes"]
+        scores = run / SCORES  # written by faces.validate; kept with the row it scores
+        summary = json.loads(scores.read_text()) if scores.is_file() else faces.validate(run)
+        if _settings(cfg) == _settings(load_config(config, [f"name={cfg.name}"])):
+            label += " (shipped)"
         methods = model_methods(summary)
         eer = sum(summary[m]["eer"]["mean"] or 1.0 for m in methods) / len(methods)
         for m in methods:
