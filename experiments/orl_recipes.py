@@ -2,8 +2,8 @@
 `make demo` (fine-tuning recipe, steps, learning rate, levels) and of `make demo-scratch` are
 made here, never on the test people. Each recipe is a shipped config plus overrides; writes
 docs/orl_recipes.md (dlib) or docs/orl_recipes_scratch.md, ranked by validation EER. A
-finished row (its run's recipe.json and validation.json) is reused, so a rerun trains only new
-or changed rows.
+finished row (its run's recipe.json and validation.json) whose run was trained with the same
+settings is reused, so a rerun trains only new or changed rows.
 
     python experiments/orl_recipes.py --which dlib      # fine-tuning recipes (configs/orl.yaml)
     python experiments/orl_recipes.py --which scratch   # from-scratch recipes (about 25 min)
@@ -15,13 +15,13 @@ import argparse
 import datetime
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from tripletkit._io import write_text
 from tripletkit.config import Config, load_config
 from tripletkit.report import summary_cell
 from tripletkit.tasks import faces
+from tripletkit.tasks.face_runs import shaping_settings
 
 DLIB = "configs/orl.yaml"
 SCRATCH = "configs/orl-scratch.yaml"
@@ -92,15 +92,15 @@ RECIPES: dict[str, dict[str, tuple[str, list[str]]]] = {
     "scratch": {
         "average-pooling head, P=10, 120 epochs": (
             SCRATCH,
-            ["model.head=avg", "train.p=10", "train.epochs=120"],
+            ["model.head=avg", "train.p=10", "train.epochs=120", "loss.margin_end=null"],
         ),
         "spatial head, P=10, 120 epochs": (
             SCRATCH,
-            ["model.head=flatten", "train.p=10", "train.epochs=120"],
+            ["model.head=flatten", "train.p=10", "train.epochs=120", "loss.margin_end=null"],
         ),
         "spatial head, P=24, 300 epochs": (
             SCRATCH,
-            ["model.head=flatten", "train.p=24", "train.epochs=300"],
+            ["model.head=flatten", "train.p=24", "train.epochs=300", "loss.margin_end=null"],
         ),
         "spatial head, P=24, 300 epochs, margin growing 0.2 -> 1.0": (
             SCRATCH,
@@ -110,7 +110,7 @@ RECIPES: dict[str, dict[str, tuple[str, list[str]]]] = {
 }
 OUT_SCRATCH = "docs/orl_recipes_scratch.md"
 SCORES = "validation.json"
-MINUTES = "recipe.json"  # a row's overrides and training minutes, written when it finishes
+MINUTES = "recipe.json"  # a row's training minutes, written when it finishes
 COLUMNS = [
     ("val_at_far_1e-3", "VAL@1e-3"),
     ("eer", "EER"),
@@ -125,8 +125,9 @@ def model_methods(summary: dict) -> list[str]:
 
 
 def _settings(cfg: Config) -> dict:
-    """The config without its name: what makes two rows the same run."""
-    return {k: v for k, v in asdict(cfg).items() if k != "name"}
+    """What makes two rows the same run: the settings a run record hashes (less the name, the
+    threads and the other free keys)."""
+    return shaping_settings(cfg)
 
 
 def main() -> None:
@@ -143,13 +144,13 @@ def main() -> None:
         cfg = load_config(config, [f"name={args.which}{i}", *overrides])
         run = Path(args.runs) / cfg.name
         timing = run / MINUTES
-        row = {"config": config, "overrides": overrides}
         kept = json.loads(timing.read_text()) if timing.is_file() else {}
-        if {k: kept.get(k) for k in row} != row:  # a finished row is kept: rerunning trains
-            (run / SCORES).unlink(missing_ok=True)  # only new or changed rows
+        if not kept or _settings(load_config(run / "config.yaml")) != _settings(cfg):
+            for stale in (timing, run / SCORES):  # a finished row trained with the same
+                stale.unlink(missing_ok=True)  # settings is kept; new or changed rows train
             start = time.perf_counter()
             faces.train(cfg, run, progress=False)
-            kept = {**row, "minutes": (time.perf_counter() - start) / 60}
+            kept = {"minutes": (time.perf_counter() - start) / 60}
             write_text(timing, json.dumps(kept) + "\n")
         minutes = kept["minutes"]
         scores = run / SCORES  # written by faces.validate; kept with the row it scores
