@@ -53,6 +53,11 @@ def test_chips_are_computed_once_then_read_from_the_cache(tmp_path, monkeypatch)
     again = load_chips(str(faces), cache=tmp_path / "cache", progress=False)
     assert np.array_equal(again.images.numpy(), first.images.numpy())
     assert again.paths == first.paths
+    # the same memory layout too: a channels-last tensor sends convolutions down another code
+    # path whose rounding differs, and fine-tuning then differed between a run that computed
+    # its chips and one that read them from the cache
+    assert first.images.is_contiguous() and again.images.is_contiguous()
+    assert first.images.stride() == again.images.stride()
 
 
 def test_cache_key_follows_file_bytes_settings_and_versions(tmp_path, monkeypatch):

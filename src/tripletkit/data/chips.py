@@ -162,7 +162,9 @@ def load_chips(
         raise ValueError(f"no readable images in {root}")
     listing = {name: [str(p) for p in paths] for name, paths in groups}
     return ImageSet(
-        torch.from_numpy(stored["chips"]),
+        # contiguous (N, C, H, W) whether computed (stacked from (H, W, C) chips) or read: the
+        # memory layout picks the convolution code path, and its rounding
+        torch.from_numpy(np.ascontiguousarray(stored["chips"])),
         torch.from_numpy(stored["labels"].astype(np.int64)),
         names,
         [str(root / p) for p in stored["paths"]],
