@@ -239,8 +239,8 @@ def _finetune_text(
         order.insert(2, "scratch")
     scratch_note = (
         f"The `scratch` row is quoted from the last from-scratch run, `{quoted}` "
-        "(`make demo-scratch`, configs/orl-scratch.yaml: the same folds and validation people, "
-        "trained separately because it takes longer than this demo's time budget)."
+        "(`make demo-scratch`, which `make demo` runs first; configs/orl-scratch.yaml: the same "
+        "folds and validation people)."
         if quoted is not None
         else "No from-scratch run with the same folds and validation people was found to quote "
         "(`make demo-scratch` writes one)."
