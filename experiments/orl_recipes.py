@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tripletkit._io import write_text
-from tripletkit.config import Config, load_config
+from tripletkit.config import load_config
 from tripletkit.report import summary_cell
 from tripletkit.tasks import faces
 from tripletkit.tasks.face_runs import shaping_settings
@@ -124,12 +124,6 @@ def model_methods(summary: dict) -> list[str]:
     return [m for m in summary if m == "tripletkit" or m.startswith("finetuned")]
 
 
-def _settings(cfg: Config) -> dict:
-    """What makes two rows the same run: the settings a run record hashes (less the name, the
-    threads and the other free keys)."""
-    return shaping_settings(cfg)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--which", choices=sorted(RECIPES), default="dlib")
@@ -140,12 +134,14 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out or ("docs/orl_recipes.md" if args.which == "dlib" else OUT_SCRATCH)
     rows = []
-    for i, (label, (config, overrides)) in enumerate(RECIPES[args.which].items()):
+    recipes = RECIPES[args.which]
+    shipped = {c: shaping_settings(load_config(c)) for c, _ in recipes.values()}
+    for i, (label, (config, overrides)) in enumerate(recipes.items()):
         cfg = load_config(config, [f"name={args.which}{i}", *overrides])
         run = Path(args.runs) / cfg.name
         timing = run / MINUTES
         kept = json.loads(timing.read_text()) if timing.is_file() else {}
-        if not kept or _settings(load_config(run / "config.yaml")) != _settings(cfg):
+        if not kept or shaping_settings(load_config(run / "config.yaml")) != shaping_settings(cfg):
             for stale in (timing, run / SCORES):  # a finished row trained with the same
                 stale.unlink(missing_ok=True)  # settings is kept; new or changed rows train
             start = time.perf_counter()
@@ -155,7 +151,7 @@ def main() -> None:
         minutes = kept["minutes"]
         scores = run / SCORES  # written by faces.validate; kept with the row it scores
         summary = json.loads(scores.read_text()) if scores.is_file() else faces.validate(run)
-        if _settings(cfg) == _settings(load_config(config, [f"name={cfg.name}"])):
+        if shaping_settings(cfg) == shipped[config]:  # names and threads aside
             label += " (shipped)"
         methods = model_methods(summary)
         eer = sum(summary[m]["eer"]["mean"] or 1.0 for m in methods) / len(methods)
@@ -171,7 +167,7 @@ def main() -> None:
             )
             print(rows[-1][1], flush=True)
     rows.sort(key=lambda row: row[0])
-    base = next(iter(RECIPES[args.which].values()))[0]
+    base = next(iter(recipes.values()))[0]
     text = "\n".join(
         [
             f"# ORL recipes ({args.which}) on the validation people of the same folds",
