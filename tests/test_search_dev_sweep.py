@@ -1,0 +1,42 @@
+"""experiments/search_dev_sweep.py: every setting builds a valid config that differs from the
+recipe (a mistyped key or a no-op override would train the recipe again under another name)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep():
+    spec = importlib.util.spec_from_file_location(
+        "search_dev_sweep", ROOT / "experiments" / "search_dev_sweep.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_setting_changes_the_recipe():
+    sweep = _sweep()
+    base = str(ROOT / "configs" / "wiki.yaml")
+    recipe = sweep.settings_config(base, [], 60)
+    assert recipe.train.max_steps == 60 and recipe.eval_every == 0
+    seen = {}
+    for name, overrides in sweep.SETTINGS.items():
+        cfg = sweep.settings_config(base, overrides, 60)
+        if name == "recipe (configs/wiki.yaml)":
+            assert cfg == recipe
+            continue
+        assert cfg != recipe, name
+        assert cfg not in seen.values(), f"{name} repeats another setting"
+        seen[name] = cfg
+
+
+def test_step_and_remining_markers():
+    sweep = _sweep()
+    base = str(ROOT / "configs" / "wiki.yaml")
+    doubled = sweep.settings_config(base, ["__steps_x2", "negatives.n=4"], 60)
+    assert doubled.train.max_steps == 120 and doubled.negatives.n == 4
+    remine = sweep.settings_config(base, ["__remine_half"], 60)
+    assert remine.negatives.remine_every == 30 and remine.train.max_steps == 60
