@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "configs" / "wiki.yaml")
 
 
 def _sweep():
@@ -19,12 +20,11 @@ def _sweep():
 
 def test_every_setting_changes_the_recipe():
     sweep = _sweep()
-    base = str(ROOT / "configs" / "wiki.yaml")
-    recipe = sweep.settings_config(base, [], 60)
+    recipe = sweep.settings_config(BASE, [], 60)
     assert recipe.train.max_steps == 60 and recipe.eval_every == 0
     seen = {}
     for name, overrides in sweep.SETTINGS.items():
-        cfg = sweep.settings_config(base, overrides, 60)
+        cfg = sweep.settings_config(BASE, overrides, 60)
         if name == "recipe (configs/wiki.yaml)":
             assert cfg == recipe
             continue
@@ -35,8 +35,7 @@ def test_every_setting_changes_the_recipe():
 
 def test_step_and_remining_markers():
     sweep = _sweep()
-    base = str(ROOT / "configs" / "wiki.yaml")
-    doubled = sweep.settings_config(base, ["__steps_x2", "negatives.n=4"], 60)
+    doubled = sweep.settings_config(BASE, ["__steps_x2", "negatives.n=4"], 60)
     assert doubled.train.max_steps == 120 and doubled.negatives.n == 4
-    remine = sweep.settings_config(base, ["__remine_half"], 60)
+    remine = sweep.settings_config(BASE, ["__remine_half"], 60)
     assert remine.negatives.remine_every == 30 and remine.train.max_steps == 60
