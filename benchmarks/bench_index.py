@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tripletkit._io import write_text
-from tripletkit.index import Index, default_nlist, training_sample
+from tripletkit.search.index import Index, default_nlist, training_sample
 
 KINDS = {
     "flat": "flat (exact)",

@@ -37,12 +37,12 @@ def wiki_embeddings() -> Path:
     path = CACHE / "wiki.npz"
     if path.is_file():
         return path
-    from tripletkit.config import load_config
-    from tripletkit.models.text import encode, load_encoder
-    from tripletkit.tasks import search
+    from tripletkit.cli.settings import load_config
+    from tripletkit.search.data import load_data
+    from tripletkit.search.encoder import encode, load_encoder
 
     cfg = load_config("configs/wiki.yaml", [f"data.cache={CACHE}"])
-    data = search.load_data(cfg)
+    data = load_data(cfg)
     qrels = data.split("train")
     qids = sorted(qrels)
     model = load_encoder(None, cfg.model.max_seq_length)
@@ -67,7 +67,7 @@ def _precomputed(texts: list[str], vectors: np.ndarray) -> object:
     vectors computed beforehand, so the miner is timed without encoding."""
     import torch
 
-    from tripletkit.models.text import load_encoder
+    from tripletkit.search.encoder import load_encoder
 
     model = load_encoder(None, 64)
     table = {t: v for t, v in zip(texts, vectors, strict=True)}
@@ -85,7 +85,7 @@ def _import_libraries(method: str) -> None:
     import faiss  # noqa: F401
     import torch  # noqa: F401
 
-    import tripletkit.negatives  # noqa: F401
+    import tripletkit.search.negatives  # noqa: F401
 
     if method.startswith("st"):
         import datasets  # noqa: F401
@@ -107,7 +107,7 @@ def run_one(method: str) -> dict[str, float]:
     before = _rss_mb()
     start = time.perf_counter()
     if method == "tripletkit":
-        from tripletkit.negatives import MiningConfig, mine_negatives
+        from tripletkit.search.negatives import MiningConfig, mine_negatives
 
         config = MiningConfig(
             n=SETTINGS["num_negatives"],
@@ -161,7 +161,7 @@ def _synthetic(method: str) -> dict[str, float]:
     before = _rss_mb()
     start = time.perf_counter()
     if method == "synthetic-tripletkit":
-        from tripletkit.negatives import MiningConfig, mine_negatives
+        from tripletkit.search.negatives import MiningConfig, mine_negatives
 
         mined = mine_negatives(
             qids, queries, ids, docs, qrels, MiningConfig(n=1, r_max=50, relative_margin=0.05)

@@ -99,7 +99,7 @@ def ensure_gallery(folder: Path, per_person: int) -> Path:
 
 def held_out_photos(per_person: int) -> list[tuple[str, bytes]]:
     """(person, photo bytes) of the ORL photos that ``ensure_gallery`` did not enroll."""
-    from tripletkit.data.images import orl_root
+    from tripletkit.faces.images import orl_root
 
     out = []
     for person in sorted(p for p in orl_root().iterdir() if p.is_dir()):

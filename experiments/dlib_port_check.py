@@ -4,7 +4,7 @@ Each image (gray copied to RGB) goes through dlib's own alignment: frontal HOG d
 image upscaled 2x (the whole image as the box when it finds no face), 5-point landmarks,
 ``get_face_chip`` (150 x 150, padding 0.25). The same chip goes into
 ``dlib.face_recognition_model_v1.compute_face_descriptor`` and into
-``tripletkit.models.pretrained.load_dlib_resnet()``. Prints the per-image cosine similarity
+``tripletkit.faces.pretrained.load_dlib_resnet()``. Prints the per-image cosine similarity
 (min, mean) and the ORL metrics of both on identity-disjoint folds, and writes a Markdown
 table to docs/dlib_port.md.
 
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tripletkit import metrics
 from tripletkit._io import write_text
-from tripletkit.data.images import identity_folds, orl_root
-from tripletkit.models.pretrained import MODEL_FILE, load_dlib_resnet, package_file
+from tripletkit.faces import metrics
+from tripletkit.faces.images import identity_folds, orl_root
+from tripletkit.faces.pretrained import MODEL_FILE, load_dlib_resnet, package_file
 
 COLUMNS = [("val_at_far_1e-3", "VAL@1e-3"), ("eer", "EER"), ("map_at_r", "MAP@R"), ("ari", "ARI")]
 

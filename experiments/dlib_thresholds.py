@@ -1,6 +1,6 @@
 """Regenerate the stock thresholds of ``--model dlib`` (``STOCK_THRESHOLD`` and
-``STOCK_CLUSTER_THRESHOLD`` in tripletkit/tasks/face_models.py): the pretrained descriptor on
-the chips of all 400 ORL images (full resolution, HOG detector, tripletkit.data.chips),
+``STOCK_CLUSTER_THRESHOLD`` in tripletkit/faces/models.py): the pretrained descriptor on
+the chips of all 400 ORL images (full resolution, HOG detector, tripletkit.faces.chips),
 calibrated with ``calibrate`` (verification at FAR 1e-3 over all pairs, clustering at the best
 ARI). Prints them beside the shipped constants; exits 1 when they differ in the third decimal.
 
@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from tripletkit.data.chips import ChipSettings, load_chips
-from tripletkit.models.pretrained import load_dlib_resnet
-from tripletkit.tasks.face_models import (
-    STOCK_CLUSTER_THRESHOLD,
-    STOCK_THRESHOLD,
-    calibrate,
-    embed_chips,
-)
+from tripletkit.faces.chips import ChipSettings, load_chips
+from tripletkit.faces.models import STOCK_CLUSTER_THRESHOLD, STOCK_THRESHOLD, calibrate, embed_chips
+from tripletkit.faces.pretrained import load_dlib_resnet
 
 
 def main() -> int:

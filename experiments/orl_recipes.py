@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from tripletkit._io import write_text
-from tripletkit.config import load_config
-from tripletkit.report import summary_cell
-from tripletkit.tasks import faces
-from tripletkit.tasks.face_runs import shaping_settings
+from tripletkit.cli.settings import load_config
+from tripletkit.faces import experiment as faces
+from tripletkit.faces.report import summary_cell
+from tripletkit.faces.runs import shaping_settings
 
 DLIB = "configs/orl.yaml"
 SCRATCH = "configs/orl-scratch.yaml"

@@ -23,14 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tripletkit import metrics
 from tripletkit._io import write_text
-from tripletkit.config import SearchConfig, load_config
-from tripletkit.index import Index
-from tripletkit.models.text import load_encoder
-from tripletkit.tasks import search
-from tripletkit.tasks.corpus_encodings import encode_sharded
-from tripletkit.tasks.search_mining import ZeroShotMiner
+from tripletkit.cli.settings import load_config
+from tripletkit.search import metrics
+from tripletkit.search import training as search
+from tripletkit.search.config import SearchConfig
+from tripletkit.search.corpus_mining import ZeroShotMiner
+from tripletkit.search.data import load_data
+from tripletkit.search.encoder import load_encoder
+from tripletkit.search.encodings import encode_sharded
+from tripletkit.search.index import Index
+from tripletkit.search.retrieval import TOP_K, dev_subset
 
 SETTINGS = {  # the settings the first round (relative margin 0.05) left unrun go first
     "recipe (configs/wiki.yaml)": [],
@@ -74,11 +77,11 @@ def dev_score(model: Any, data: Any, cfg: SearchConfig, docs: int | None) -> dic
     if docs is None:
         qids, rows = sorted(qrels), list(range(len(data.corpus)))
     else:
-        qids, rows = search.dev_subset(data, cfg, queries=len(qrels), extra_docs=docs)
+        qids, rows = dev_subset(data, cfg, queries=len(qrels), extra_docs=docs)
     ids = [data.corpus.ids[i] for i in rows]
     d = encode_sharded(model, [data.corpus.texts[i] for i in rows], cfg, False)
     q = encode_sharded(model, [data.queries[i] for i in qids], cfg, False)
-    hits = Index.build(d, ids).search_ids(q, search.TOP_K)
+    hits = Index.build(d, ids).search_ids(q, TOP_K)
     run = {qid: dict(h) for qid, h in zip(qids, hits, strict=True)}
     return metrics.ir_scores(run, {q: qrels[q] for q in qids})
 
@@ -116,7 +119,7 @@ def main() -> None:
         if args.table_only or name in done or (args.only and name not in args.only):
             continue
         cfg = settings_config(args.config, overrides, args.steps)
-        data = search.load_data(cfg)
+        data = load_data(cfg)
         length = cfg.model.max_seq_length
         if length not in miners:
             qrels = data.split(cfg.data.train_split)

@@ -110,9 +110,9 @@ def ddp_loss(mining: str, seed: int) -> dict[str, Any]:
 
 def faces_training(faces: Path, out: Path, overrides: list[str], phases: list[dict]) -> Any:
     """train_model on the tiny faces, once per phase (e.g. interrupted, then resumed)."""
-    from tripletkit.config import load_config
-    from tripletkit.data.images import load_identities
-    from tripletkit.tasks.faces import train_model
+    from tripletkit.cli.settings import load_config
+    from tripletkit.faces.experiment import train_model
+    from tripletkit.faces.images import load_identities
 
     cfg = load_config(None, overrides)
     data = load_identities(faces, (20, 16))
@@ -125,16 +125,16 @@ def faces_training(faces: Path, out: Path, overrides: list[str], phases: list[di
 
 def dying_rank(faces: Path, out: Path, overrides: list[str]) -> Any:
     """Rank 1 dies at its second step; the others must fail with a clear error, not hang."""
-    from tripletkit.tasks import faces as task
+    from tripletkit.faces import scratch
 
-    original = task.FaceBatches.loss
+    original = scratch.FaceBatches.loss
 
     def loss(self, model, loss_fn, indices, gen, step):  # type: ignore[no-untyped-def]
         if step == 1 and distributed.rank() == 1:
             os._exit(3)
         return original(self, model, loss_fn, indices, gen, step)
 
-    task.FaceBatches.loss = loss  # type: ignore[method-assign]
+    scratch.FaceBatches.loss = loss  # type: ignore[method-assign]
     return faces_training(faces, out, overrides, [{}])
 
 
@@ -151,7 +151,7 @@ def late_rank_zero(seconds: float) -> float:
 
 
 def sharded_encoding(model_dir: Path, texts: list[str]) -> Any:
-    from tripletkit.models.text import encode, load_encoder
+    from tripletkit.search.encoder import encode, load_encoder
 
     model = load_encoder(model_dir, 32)
     return distributed.sharded(lambda part: encode(model, part, 4, False), texts)
@@ -159,9 +159,9 @@ def sharded_encoding(model_dir: Path, texts: list[str]) -> Any:
 
 def search_training(beir: Path, encoder: Path, run: Path, overrides: list[str]) -> Any:
     """The search arms on the tiny BEIR set; returns the trained arm's final weights."""
-    from tripletkit.config import load_config
-    from tripletkit.models.text import load_encoder
-    from tripletkit.tasks import search
+    from tripletkit.cli.settings import load_config
+    from tripletkit.search import training as search
+    from tripletkit.search.encoder import load_encoder
 
     sets = [f"data.source={beir}", f"model.path={encoder}", *overrides]
     cfg = load_config(None, sets, task="search")

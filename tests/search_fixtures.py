@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletkit.data.text import Corpus, write_beir
-from tripletkit.models.text import default_model_path
+from tripletkit.search.data import Corpus, write_beir
+from tripletkit.search.encoder import default_model_path
 
 TOPICS = [
     "river",

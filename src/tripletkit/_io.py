@@ -179,3 +179,10 @@ def _renameat2_function() -> Any:
     ]
     function.restype = ctypes.c_int
     return function
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG at ``path``, atomically (110 dpi, tight bounding box)."""
+    return atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    )

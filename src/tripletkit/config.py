@@ -1,5 +1,9 @@
 """Run configuration: frozen dataclasses, YAML files, ``--set section.key=value`` overrides.
 
+The core holds what every task shares: the loss and training sections, and the machinery that
+reads a YAML file with overrides into a task's own config class
+(:class:`tripletkit.faces.config.FacesConfig`, :class:`tripletkit.search.config.SearchConfig`).
+
 Unknown keys are errors that list the valid ones, so a typo never silently falls back to a
 default.
 """
@@ -10,85 +14,15 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from ._io import write_text
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from and how identities are split.
-
-    Attributes:
-        source: "orl" (the built-in AT&T faces) or a folder with one sub-folder per identity.
-        folds: identity folds; each fold holds out 1/folds of the identities for testing.
-        fold: which folds to run: "all", an index, or "none" (train on every identity).
-        seed: seed of the identity split.
-        height: input height in pixels (images are resized).
-        width: input width in pixels.
-        channels: 1 (grayscale) or 3 (RGB).
-        strict: an unreadable image is an error instead of a warning.
-        pairs: optional LFW-style pairs file for verification.
-        detect: find and crop the largest face in each image first (dlib's HOG detector).
-        detector: the face detector that cuts the dlib backbone's aligned chips: "hog" (dlib's
-            frontal HOG detector) or "cnn" (its MMOD CNN: about 10 times slower, and it finds
-            the faces of low-resolution images that HOG misses).
-        val_people: how many of each fold's training people are held out as validation
-            people (seeded by ``seed`` and the fold): every choice (thresholds, steps, recipe)
-            is made on them; 0: none (thresholds then come from the training people).
-        lowres: the resolutions the experiment runs at, as shrink factors: 1 is the images as
-            they are, 4 each image shrunk 4x with bilinear filtering and enlarged back
-            (:func:`tripletkit.data.chips.low_resolution`). The dlib backbone runs every
-            factor (methods of factor f > 1 are suffixed "-lowres", or "-lowres<f>" when there
-            are several); the scratch backbone only the first.
-    """
-
-    source: str = "orl"
-    folds: int = 4
-    fold: str = "all"
-    seed: int = 0
-    height: int = 56
-    width: int = 46
-    channels: int = 1
-    strict: bool = False
-    pairs: str | None = None
-    detect: bool = False
-    detector: str = "hog"
-    val_people: int = 0
-    lowres: tuple[int, ...] = (1,)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The network: ``backbone`` "scratch" or "dlib".
-
-    "scratch": a compact residual CNN trained from scratch: ``stages`` widths, ``blocks`` per
-    stage, ``dim``-d output, and an "avg" (global average pooling) or "flatten" (spatial) head.
-
-    "dlib": dlib's pretrained face descriptor on aligned 150 x 150 chips, fine-tuned with the
-    triplet loss: ``train_levels`` of its 5 levels from the top (and its final linear layer)
-    train, 0 keeps it frozen; the levels below are frozen and their output computed once.
-    ``mirror``: fine-tuning also sees each chip mirrored. ``mix_resolutions``: fine-tune one
-    model per fold on the chips of every ``data.lowres`` factor together (the same person at
-    several resolutions in one batch) instead of one model per factor. ``eval_every``: log
-    VAL@1e-3 and EER on the validation people every that many steps (0: at the start and the
-    end only). ``far``: the false-accept rate of the verification threshold.
-    """
-
-    backbone: str = "scratch"
-    train_levels: int = 2
-    mirror: bool = True
-    mix_resolutions: bool = False
-    eval_every: int = 0
-    far: float = 1e-3
-    stages: tuple[int, ...] = (16, 32, 64, 128)
-    blocks: int = 1
-    dim: int = 128
-    head: str = "flatten"
 
 
 @dataclass(frozen=True)
@@ -151,90 +85,12 @@ class TrainConfig:
     timeout: float = 600.0
 
 
-@dataclass(frozen=True)
-class Config:
-    """A whole run."""
-
-    name: str = "demo"
-    task: str = "faces"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    ablation: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TextDataConfig:
-    """A BEIR folder, or "wiki" (built from the Wikipedia summaries into ``cache``)."""
-
-    source: str = "wiki"
-    seed: int = 0
-    cache: str = "runs/data"
-    train_split: str = "train"
-    eval_split: str = "test"
-    dev_split: str = "dev"
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """The sentence-transformers encoder: a folder (None: all-MiniLM-L6-v2), tokens per text
-    and encoding batch size."""
-
-    path: str | None = None
-    max_seq_length: int = 128
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class NegativesConfig:
-    """Corpus-level negatives per training query (see :mod:`tripletkit.negatives`)."""
-
-    n: int = 1
-    r_min: int = 0
-    r_max: int = 50
-    max_score: float | None = None
-    relative_margin: float | None = 0.05
-    absolute_margin: float | None = None
-    remine_every: int = 0
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """A semantic-search run: data, encoder, negatives, loss, training, and the arms.
-
-    Arms (:mod:`tripletkit.tasks.search_arms`): "bm25", "bm25_standard", "base" (zero-shot),
-    "in_batch" (no mined negatives), "mined_naive", "mined_unfiltered", "mined_qrels_only",
-    "mined_margin_only", "mined_filtered". Each trained arm runs once per seed of ``seeds``
-    (empty: ``train.seed`` alone), an arm listed in ``one_seed`` with the first seed only.
-    """
-
-    name: str = "search-demo"
-    task: str = "search"
-    data: TextDataConfig = field(default_factory=TextDataConfig)
-    model: EncoderConfig = field(default_factory=EncoderConfig)
-    negatives: NegativesConfig = field(default_factory=NegativesConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    index: str = "flat"
-    arms: tuple[str, ...] = ("bm25", "base", "mined_filtered")
-    eval_every: int = 0
-    seeds: tuple[int, ...] = ()
-    one_seed: tuple[str, ...] = ()
-
-
-TASKS = {"faces": Config, "search": SearchConfig}
-
-
-def load_config(
-    path: str | Path | None = None, overrides: Sequence[str] = (), task: str | None = None
-) -> Any:
-    """Defaults, then the YAML file, then ``section.key=value`` overrides (values parsed as
-    YAML, so ``train.lr=3e-4`` is a float and ``data.detect=true`` a bool). The task ("faces"
-    or "search") comes from ``task``, else the file's ``task`` key, else "faces".
+def read_settings(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The YAML file (none: empty), then ``section.key=value`` overrides (values parsed as
+    YAML, so ``train.lr=3e-4`` is a float and ``data.detect=true`` a bool), as nested dicts.
 
     Raises:
-        ValueError: an unknown key (with the valid ones), a bad value, or a malformed override.
+        ValueError: a missing or malformed file, or a malformed override.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -256,11 +112,48 @@ def load_config(
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
-    chosen = task or raw.get("task") or "faces"
-    if chosen not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {chosen!r}")
-    raw["task"] = chosen
-    return from_dict(TASKS[chosen], raw, where=str(path) if path else "--set")
+    return raw
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """A config of class ``cls``: its defaults, then the YAML file, then the overrides (see
+    :func:`read_settings`).
+
+    Raises:
+        ValueError: an unknown key (with the valid ones), a bad value, a malformed override,
+            or a file whose ``task`` is not ``cls``'s.
+    """
+    raw = read_settings(path, overrides)
+    where = str(path) if path is not None else "--set"
+    default_task = next((f.default for f in fields(cls) if f.name == "task"), None)  # type: ignore[arg-type]
+    if default_task is not None and raw.get("task", default_task) != default_task:
+        raise ValueError(
+            f"{where}: task {raw['task']!r} is not a {default_task} config ({cls.__name__})"
+        )
+    return from_dict(cls, raw, where=where)
+
+
+def read_config(cls: type[T], path: str | Path) -> T:
+    """The config of class ``cls`` stored in the YAML file ``path`` (a run's ``config.yaml``).
+
+    Raises:
+        ValueError: naming the file: missing, not YAML, an unknown key or a bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"{path.parent} is not a training run (no {path.name}); run tripletkit train"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a YAML config ({err})") from None
+    return from_dict(cls, raw or {}, where=str(path))
+
+
+def write_config(path: str | Path, config: Any) -> Path:
+    """``config`` (a dataclass) as YAML at ``path``, atomically."""
+    return write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def from_dict(cls: type[T], raw: Mapping[str, Any], where: str = "config", path: str = "") -> T:

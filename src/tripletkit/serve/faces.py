@@ -2,9 +2,9 @@
 verify / enroll calls over a :class:`~tripletkit.serve.gallery.Gallery`.
 
 ``FaceService.photo_faces`` (decode, detect, align, embed) lives here for now; it may move to
-``tasks/face_models.py`` once the CLI needs the same from bytes.
+``faces/models.py`` once the CLI needs the same from bytes.
 
-The face model is a :class:`tripletkit.tasks.face_models.FaceModel` (the stock pretrained dlib
+The face model is a :class:`tripletkit.faces.models.FaceModel` (the stock pretrained dlib
 descriptor, or a model folder written by training): it says what a detected face becomes for
 the network (``prepare``), embeds it (``embed``) and carries its calibrated threshold: two faces
 are the same person when the Euclidean distance of their unit embeddings is at most it.
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..faces.align import best_face, find_faces, load_photo, to_rgb
 from .gallery import FaceRecord, Gallery, Identification, Person, distance_from_similarity
 
 MAX_PIXELS = 40_000_000
@@ -30,7 +31,7 @@ Detector = Callable[[Image.Image], list[Any]]  # image -> faces with .box and .c
 
 
 class Embedder(Protocol):
-    """What the service needs of a face model (:class:`~tripletkit.tasks.face_models.
+    """What the service needs of a face model (:class:`~tripletkit.faces.models.
     FaceModel` is one)."""
 
     @property
@@ -81,8 +82,6 @@ def decode_photo(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
     Raises:
         PhotoError: naming ``name``: empty, not an image, truncated or corrupt, too large.
     """
-    from ..data.align import to_rgb
-
     if not data:
         raise PhotoError(f"{name}: empty file")
     try:
@@ -108,8 +107,7 @@ def decode_photo(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
 
 
 def dlib_detector(detector: str = "hog", upsample: int = 1) -> Detector:
-    """:func:`tripletkit.data.align.find_faces` with fixed options."""
-    from ..data.align import find_faces
+    """:func:`tripletkit.faces.align.find_faces` with fixed options."""
 
     def detect(image: Image.Image) -> list[Any]:
         return find_faces(image, detector=detector, upsample=upsample)
@@ -216,7 +214,7 @@ class FaceService:
     ) -> dict[str, int]:
         """Enroll a folder with one sub-folder of photos per person (ORL's layout), one face
         per photo: the largest detected, or, when none is, what ``fallback`` finds (default:
-        the whole image, aligned by its landmarks, as ``data.align.best_face`` does).
+        the whole image, aligned by its landmarks, as ``faces.align.best_face`` does).
 
         Args:
             folder: the folder; sub-folder names become the names, files are read sorted.
@@ -228,10 +226,8 @@ class FaceService:
 
         Raises:
             ValueError: naming a folder without sub-folders or a photo that cannot be read
-                (``data.align.ImageError``) or yields no face.
+                (``faces.align.ImageError``) or yields no face.
         """
-        from ..data.align import load_photo
-
         people = sorted(p for p in Path(folder).iterdir() if p.is_dir())
         if not people:
             raise ValueError(f"{folder}: no sub-folders (one per person) to enroll")
@@ -266,8 +262,6 @@ def _int_box(box: Sequence[Any]) -> tuple[int, int, int, int]:
 
 def _whole_image(image: Image.Image) -> list[Any]:
     """The best face of ``image``, or the whole image aligned by its landmarks."""
-    from ..data.align import best_face
-
     face = best_face(image, whole_image_fallback=True)
     return [] if face is None else [face]
 

@@ -46,7 +46,7 @@ from typing import IO, Any
 import numpy as np
 
 from .._io import atomic_write, write_json
-from ..index import _faiss
+from ..search.index import faiss_module
 
 DB_FILE = "gallery.sqlite"
 INDEX_FILE = "faces.faiss"
@@ -479,7 +479,7 @@ class Gallery:
     def _save_index(self) -> None:
         """Write the index cache, then the version it holds (a crash between the two leaves an
         older version recorded, so the next open rebuilds)."""
-        faiss = _faiss()
+        faiss = faiss_module()
         atomic_write(self.folder / INDEX_FILE, lambda tmp: faiss.write_index(self._index, str(tmp)))
         write_json(self.folder / INDEX_META, {"version": self._version(), "dim": self.dim})
         self._dirty = False
@@ -528,7 +528,7 @@ def _unit_rows(x: np.ndarray, dim: int, what: str) -> np.ndarray:
 
 
 def _empty_index(dim: int) -> Any:
-    faiss = _faiss()
+    faiss = faiss_module()
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
@@ -538,7 +538,7 @@ def _read_cache(folder: Path, version: int, dim: int) -> Any | None:
         meta = json.loads((folder / INDEX_META).read_text(encoding="utf-8"))
         if meta.get("version") != version or meta.get("dim") != dim:
             return None
-        index = _faiss().read_index(str(folder / INDEX_FILE))
+        index = faiss_module().read_index(str(folder / INDEX_FILE))
     except (OSError, ValueError, RuntimeError, AttributeError):
         return None
     return index if index.d == dim else None

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..index import Index
+from ..search.encoder import encode
+from ..search.index import Index
+from ..search.indexing import folder_encoder
 
 SNIPPET_CHARS = 240
 TEXTS_FILE = "texts.json"
@@ -183,17 +185,7 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
 
 def _folder_encoder(folder: Path) -> Encode:
     """The encoder ``encoder.json`` names, as an :data:`Encode`."""
-    from ..models.text import encode, load_encoder
-
-    meta = folder / "encoder.json"
-    if not meta.is_file():
-        raise ValueError(f"{folder} has no encoder.json; build it with tripletkit index")
-    try:
-        spec = json.loads(meta.read_text(encoding="utf-8"))
-        path, max_len = spec["path"], int(spec["max_seq_length"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{meta}: expected {{path, max_seq_length}} ({err})") from None
-    model = load_encoder(path, max_len)
+    model = folder_encoder(folder)
     return lambda texts: encode(model, texts, progress=False)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from .faces import MAX_PIXELS, FaceService
+from ..faces.models import load_face_model
+from .faces import MAX_PIXELS, FaceService, dlib_detector
 from .gallery import Gallery
 from .search import SearchService
 
@@ -25,14 +26,14 @@ class ServeConfig:
         index: an index folder written by ``tripletkit index`` (None: no search).
         gallery: the face gallery folder, created when absent (None: no faces).
         model: a face model folder written by training, or "dlib" (None: "dlib", the stock
-            pretrained descriptor; see ``tasks.face_models.load_face_model``).
+            pretrained descriptor; see ``faces.models.load_face_model``).
         threshold: identification / verification distance; None: the model's calibrated one.
         token: when set, enroll, rename and delete need ``Authorization: Bearer <token>``.
         max_upload_bytes: largest request body (all photos of a request together).
         max_pixels: largest photo, width x height.
         max_k: largest ``k`` of a search; max_people: largest ``k`` of an identification.
         max_query_chars: longest search query; max_batch: most queries in one batch POST.
-        detector, upsample: face detection options (see ``data.align.find_faces``).
+        detector, upsample: face detection options (see ``faces.align.find_faces``).
     """
 
     index: Path | None = None
@@ -66,9 +67,6 @@ class Services:
 
 def load_services(config: ServeConfig) -> Services:
     """Load the index, the encoder, the face model and the gallery that ``config`` names."""
-    from ..tasks.face_models import load_face_model
-    from .faces import dlib_detector
-
     search = SearchService.from_folder(config.index) if config.index is not None else None
     faces = None
     if config.gallery is not None:

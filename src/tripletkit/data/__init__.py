@@ -1,1 +1,0 @@
-"""Datasets: face images (folder per identity, ORL built in) and, later, text retrieval."""

@@ -1,1 +1,0 @@
-"""Adapters that let other libraries' training loops use tripletkit's loss and mining."""

@@ -1,0 +1,261 @@
+"""Fine-tuning a sentence encoder for semantic search with the triplet loss: the batches
+(queries, one relevant document each, their mined negatives; relevance judged over the whole
+batch, so a document relevant to several queries is a negative of none), and the training of
+every configured arm at every seed.
+
+A run folder holds ``config.yaml``; ``base/`` (the zero-shot encoder's corpus and training-query
+embeddings, shared by its evaluation and by the miner); one folder per fine-tuned arm and seed
+(``mined_filtered/``, ``mined_filtered-seed1/`` ...; :mod:`tripletkit.search.arms`) with
+``model/`` (sentence-transformers format), the training log, mined negatives and the dev curve;
+and after :func:`tripletkit.search.evaluation.evaluate` ``metrics.json``, ``report.md``, TREC
+run files and the qrels they were scored against.
+
+Where things live: the data (:mod:`~tripletkit.search.data`), the arms and what each knows
+(:mod:`~tripletkit.search.arms`), mining shared across arms
+(:mod:`~tripletkit.search.corpus_mining`, :mod:`~tripletkit.search.negatives`), corpus-encoding
+caches (:mod:`~tripletkit.search.encodings`), retrieval (:mod:`~tripletkit.search.retrieval`),
+evaluation and the tables (:mod:`~tripletkit.search.evaluation`,
+:mod:`~tripletkit.search.stats`), BM25 (:mod:`~tripletkit.search.bm25`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..config import to_dict, write_config
+from ..losses import TripletLoss, TripletStats
+from ..sampling import ShuffledBatches
+from ..train import curriculum_from_config, fit, loss_from_config
+from . import metrics
+from .arms import TRAINED, arm_folder, check_config, mining_config, seeds_of, training_view
+from .config import SearchConfig
+from .corpus_mining import ZeroShotMiner, remine_with, write_mined
+from .data import Retrieval, load_data
+from .encoder import embed, load_encoder, save_encoder
+from .encodings import encode_sharded
+from .index import Index
+from .retrieval import TOP_K, dev_subset
+
+
+class SearchBatches:
+    """Batches of training queries, each with one of its relevant documents (drawn per step)
+    and its mined negatives; the loss mines again inside the batch, where relevance comes
+    from the qrels, so a document relevant to several queries is a negative for none.
+    ``qrels`` is what the arm may read: the naive arm passes each query's first listed
+    positive alone (:func:`~tripletkit.search.arms.training_view`), so its positive is
+    always that document and every other document of the batch is its negative.
+
+    Under torchrun each rank takes ``batch_size / N`` queries; the query and document
+    embeddings of every rank are gathered, and relevance is judged over the global batch.
+
+    With ``remine``, the negatives are mined again with the model in training at every
+    ``negatives.remine_every``-th step; :meth:`state_dict` carries the current ones into the
+    checkpoint, so a resumed run continues with the negatives the interrupted one had.
+    """
+
+    unused_parameters = True  # the transformer's pooler is loaded but not used
+
+    def __init__(
+        self,
+        data: Retrieval,
+        qrels: dict[str, dict[str, int]],
+        negatives: dict[str, list[str]],
+        cfg: SearchConfig,
+        remine: Callable[[torch.nn.Module], dict[str, list[str]]] | None = None,
+    ) -> None:
+        self.data, self.qrels, self.negatives = data, qrels, negatives
+        self.qids = sorted(q for q, docs in qrels.items() if any(v > 0 for v in docs.values()))
+        self.sampler = ShuffledBatches(
+            len(self.qids),
+            distributed.split(cfg.train.batch_size, "train.batch_size"),
+            seed=cfg.train.seed,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
+        self.remine, self.remine_every = remine, cfg.negatives.remine_every
+
+    def state_dict(self) -> dict[str, Any]:
+        """What decides the coming batches beyond the sampler's state: the current negatives
+        (query id -> document ids), re-mined or first mined."""
+        return {"negatives": {q: list(ds) for q, ds in self.negatives.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue with the negatives of :meth:`state_dict`.
+
+        Raises:
+            ValueError: naming the key or the document when ``state`` has no "negatives"
+                (query id -> list of document ids) or names a document not in the corpus.
+        """
+        negatives = state.get("negatives") if isinstance(state, dict) else None
+        if not isinstance(negatives, dict) or not all(
+            isinstance(q, str) and isinstance(ds, list) for q, ds in negatives.items()
+        ):
+            raise ValueError(
+                "the checkpoint's batch source state needs 'negatives': query id -> list of "
+                "document ids"
+            )
+        index = self.data.corpus.index
+        for q, ds in negatives.items():
+            unknown = next((d for d in ds if d not in index), None)
+            if unknown is not None:
+                raise ValueError(
+                    f"the checkpoint's negatives of query {q!r} name document {unknown!r}, "
+                    "which is not in the corpus"
+                )
+        self.negatives = {q: list(ds) for q, ds in negatives.items()}
+
+    def loss(
+        self,
+        model: torch.nn.Module,
+        loss_fn: TripletLoss,
+        indices: list[int],
+        gen: torch.Generator,
+        step: int,
+    ) -> tuple[Tensor, TripletStats]:
+        if self.remine is not None and self.remine_every and step and step % self.remine_every == 0:
+            self.negatives = self.remine(model)
+            model.train()
+        qids = [self.qids[i] for i in indices]
+        docs: list[str] = []
+        for q in qids:
+            relevant = sorted(d for d, s in self.qrels[q].items() if s > 0)
+            docs.append(relevant[int(torch.randint(len(relevant), (1,), generator=gen))])
+            docs.extend(self.negatives.get(q, []))
+        docs = list(dict.fromkeys(docs))  # a document twice in the batch is one column
+        corpus = self.data.corpus
+        q_emb = distributed.gather(embed(model, [self.data.queries[q] for q in qids]))
+        d_emb = distributed.gather(embed(model, [corpus.texts[corpus.index[d]] for d in docs]))
+        everyone = distributed.all_objects((qids, docs), "batch ids")
+        qids = [q for part, _ in everyone for q in part]
+        docs = [d for _, part in everyone for d in part]
+        relevant_mask = torch.tensor([[self.qrels[q].get(d, 0) > 0 for d in docs] for q in qids])
+        return loss_fn.relevance(q_emb, d_emb, relevant_mask.to(q_emb.device))
+
+
+def train(
+    cfg: SearchConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> list[Path]:
+    """Fine-tune the configured arms, each at each of its seeds; return their model folders.
+
+    The negatives of every arm are mined once with the zero-shot encoder (:class:`ZeroShotMiner`)
+    and shared by its seeds; the zero-shot encodings are cached in ``<run>/base``.
+
+    Raises:
+        ValueError: an unknown arm or a repeated seed (naming the config key).
+    """
+    check_config(cfg)
+    run = Path(run_dir)
+    distributed.check_same(to_dict(cfg))
+    # rank 0 loads (and for "wiki" builds) the data once, and sends it to the others
+    data = distributed.broadcast(load_data(cfg) if distributed.is_main() else None, "data")
+    assert data is not None
+    if distributed.is_main():
+        write_config(run / "config.yaml", cfg)
+    miner = ZeroShotMiner(data, data.split(cfg.data.train_split), cfg, run / "base", progress)
+    done = []
+    for arm in (a for a in cfg.arms if a in TRAINED):
+        for seed in seeds_of(cfg, arm):
+            folder = arm_folder(run, cfg, arm, seed)
+            trained = resume and (folder / "model" / "modules.json").is_file()
+            if not distributed.broadcast(trained, "resume plan"):
+                seeded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+                train_arm(seeded, data, folder, arm, miner, resume=resume, progress=progress)
+            done.append(folder / "model")
+    return done
+
+
+def train_arm(
+    cfg: SearchConfig,
+    data: Retrieval,
+    out: Path,
+    arm: str,
+    miner: ZeroShotMiner,
+    *,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """Mine negatives for one arm with the zero-shot encoder (through ``miner``, shared across
+    arms), fine-tune at ``cfg.train.seed``, save the model in ``out/model``. The naive arm's
+    batches and miner see only each query's first listed positive
+    (:func:`~tripletkit.search.arms.training_view`)."""
+    qrels = training_view(arm, data.split(cfg.data.train_split))
+    mining = mining_config(cfg, arm)
+    negatives: dict[str, list[str]] = {}
+    if mining is not None:
+        mined = miner.mine(mining, None if qrels is miner.qrels else qrels)
+        if distributed.is_main():
+            write_mined(out / "negatives.jsonl", out / "mining.json", mined, mining)
+        negatives = mined.negatives
+    model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
+    torch.manual_seed(cfg.train.seed)  # dropout: the same arm and seed train the same anywhere
+    remine = None
+    if mining is not None and cfg.negatives.remine_every:
+        remine = remine_with(data, qrels, cfg, mining, progress)
+    source = SearchBatches(data, qrels, negatives, cfg, remine)
+    on_step = None
+    if cfg.eval_every:
+        curve = _dev_curve(data, cfg, out / "dev_curve.jsonl")
+        curve(0, model)
+
+        def on_step(step: int, m: torch.nn.Module) -> None:
+            if step % cfg.eval_every == 0:
+                curve(step, m)
+
+    result = fit(
+        model,
+        loss_from_config(cfg.loss),
+        source,
+        cfg.train,
+        out,
+        curriculum=curriculum_from_config(cfg.loss),
+        resume=resume,
+        progress=progress,
+        desc=arm,
+        on_step=on_step,
+        settings={
+            "arm": arm,
+            "seed": cfg.train.seed,
+            "loss": dataclasses.asdict(cfg.loss),
+            "negatives": dataclasses.asdict(cfg.negatives),
+            "model": dataclasses.asdict(cfg.model),
+        },
+    )
+    if cfg.eval_every and result.steps % cfg.eval_every:
+        curve(result.steps, model)
+    if distributed.is_main():
+        save_encoder(model, out / "model")
+
+
+def _dev_curve(data: Retrieval, cfg: SearchConfig, path: Path) -> Callable[[int, Any], None]:
+    qids, docs = dev_subset(data, cfg)
+    qrels = {q: data.split(cfg.data.dev_split)[q] for q in qids}
+    ids = [data.corpus.ids[i] for i in docs]
+    texts = [data.corpus.texts[i] for i in docs]
+    main = distributed.is_main()
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+
+    def point(step: int, model: Any) -> None:
+        was_training = model.training
+        model.eval()
+        d = encode_sharded(model, texts, cfg, False)
+        q = encode_sharded(model, [data.queries[i] for i in qids], cfg, False)
+        if main:
+            hits = Index.build(d, ids).search_ids(q, TOP_K)
+            run = {qid: dict(h) for qid, h in zip(qids, hits, strict=True)}
+            score = metrics.ir_scores(run, qrels)["ndcg@10"]
+            with path.open("a") as f:
+                f.write(json.dumps({"step": step, "ndcg@10": score}) + "\n")
+        if was_training:
+            model.train()
+
+    return point

@@ -1,1 +1,0 @@
-"""Task modules: each wires data, a model and its evaluation to the core."""

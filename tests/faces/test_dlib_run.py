@@ -1,0 +1,92 @@
+"""A whole dlib-backbone run on tiny data: chips at two resolutions, fine-tuning with a cached
+trunk, calibration on validation people, evaluation and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from faces_fixtures import make_faces
+
+from tripletkit.cli.settings import load_config
+from tripletkit.faces import experiment as faces
+from tripletkit.faces.dlib_run import variant_suffix
+
+
+def _pretrained_available() -> bool:
+    try:
+        import dlib  # noqa: F401
+
+        from tripletkit.faces.pretrained import package_file
+
+        package_file("dlib_face_recognition_resnet_model_v1.dat")
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _pretrained_available(), reason="dlib models not installed")
+
+
+def test_variant_suffixes():
+    assert variant_suffix(1, (1, 4)) == "" and variant_suffix(4, (1, 4)) == "-lowres"
+    assert variant_suffix(4, (1, 2, 4)) == "-lowres4"
+
+
+def test_a_dlib_run_fine_tunes_evaluates_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIPLETKIT_CACHE", str(tmp_path / "cache"))
+    from tripletkit.faces.pretrained import load_dlib_resnet
+
+    load_dlib_resnet()  # converted once into this test's cache
+    source = make_faces(tmp_path / "faces", identities=10, per_id=3, size=(48, 40))
+    cfg = load_config(
+        None,
+        [
+            f"data.source={source}",
+            "data.folds=2",
+            "data.val_people=2",
+            "data.lowres=[1, 4]",
+            "data.height=24",
+            "data.width=20",
+            "model.backbone=dlib",
+            "model.train_levels=1",
+            "model.mix_resolutions=true",
+            "train.max_steps=2",
+            "train.p=3",
+            "train.k=2",
+            "train.warmup_steps=0",
+            "train.threads=1",
+        ],
+    )
+    run = tmp_path / "runs" / "demo"
+    folders = faces.train(cfg, run, progress=False)
+    assert sorted(str(p.relative_to(run)) for p in folders) == [
+        "fold0",
+        "fold1",
+        "lowres4/fold0",
+        "lowres4/fold1",
+    ]
+    meta = json.loads((run / "lowres4" / "fold0" / "model.json").read_text())
+    assert meta["kind"] == "dlib" and meta["calibration"].startswith("2 validation people")
+    assert (run / "fold0" / "val_log.jsonl").exists()
+    summary = faces.evaluate(run, progress=False)
+    methods = {"pretrained", "finetuned", "eigenfaces", "pixels"}
+    assert set(summary) == methods | {m + "-lowres" for m in methods}
+    assert set(json.loads((run / "metrics.json").read_text())) == set(summary)
+    assert summary["finetuned"]["eer"]["folds"] == 2
+    report = (run / "report.md").read_text()
+    for figure in ("roc.png", "roc-lowres.png", "distances.png", "validation.png"):
+        assert (run / figure).stat().st_size > 1000
+        assert f"({figure})" in report
+    assert "95% interval" in report
+    intervals = json.loads((run / "intervals.json").read_text())
+    low, high = intervals["finetuned"]["eer"]
+    assert 0.0 <= low <= high <= 1.0
+
+
+def test_an_unknown_detector_is_named(tmp_path):
+    from tripletkit.faces.dlib_run import chip_sets
+
+    cfg = load_config(None, ["model.backbone=dlib", "data.detector=mtcnn"])
+    with pytest.raises(ValueError, match=r"data.detector must be one of \('hog', 'cnn'\)"):
+        chip_sets(cfg, progress=False)
