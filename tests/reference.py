@@ -1,8 +1,8 @@
 """Naive oracles: explicit Python loops over (a, p, n), written for clarity, not speed.
 
 Every comparison is made in the dtype of the distance matrix, exactly as the module docstrings
-state it (active: d_an < d_ap + m; easy: d_an > d_ap + m; hard: d_an <= d_ap; semi-hard
-candidate: d_an > d_ap + t), so ties and rounding agree with the fast code by definition.
+state it (active: d_an < d_ap + m; hard: d_an <= d_ap; easy: not hard and d_an >= d_ap + m;
+semi-hard candidate: d_an > d_ap + t), so ties and rounding agree with the fast code by definition.
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def loop_loss(
         for p in pos:
             for n in neg:
                 valid += 1
-                easy += bool(d[a, n] > d[a, p] + m)
-                hard += bool(d[a, n] <= d[a, p])
+                is_hard = bool(d[a, n] <= d[a, p])
+                hard += is_hard
+                easy += not is_hard and bool(d[a, n] >= d[a, p] + m)
     stats = {
         "triplets": float(len(triplets)),
         "active_fraction": active / len(triplets) if triplets else 0.0,

@@ -1,10 +1,9 @@
 """tripletkit: FaceNet triplet loss with exact O(B^2) in-batch mining."""
 
-from ._bucketing import release_workspace
 from .curriculum import SCHEDULES, Curriculum, Schedule, default_curriculum
 from .distances import DISTANCES, paired_distances, pairwise_distances
 from .losses import REDUCTIONS, TripletLoss, TripletStats, relevance_triplet_loss, triplet_loss
-from .mining import FALLBACKS, STRATEGIES, Relevance, Triplets, mine
+from .mining import FALLBACKS, STRATEGIES, Relevance, Triplets, mine, release_workspace
 from .sampling import PKSampler
 
 __version__ = "0.1.0"

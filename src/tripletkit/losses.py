@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._bucketing import shared_workspace
 from .distances import check_distance, distance_gradient_surrogate, pairwise_distances
 from .mining import (
     Groups,
@@ -49,6 +48,7 @@ from .mining import (
     masked_rows,
     scan,
     select,
+    shared_buffers,
 )
 
 REDUCTIONS = ("mean", "mean_active", "sum")
@@ -62,9 +62,11 @@ class TripletStats:
         triplets: selected triplets (for "all", every valid triplet).
         active_fraction: share of the selected triplets with a positive loss.
         valid_triplets: every valid triplet in the batch; 0 means the loss is an empty zero.
-        easy_fraction: share of valid triplets with d_an > d_ap + margin.
-        semihard_fraction: share with d_ap < d_an <= d_ap + margin.
+        easy_fraction: share of valid triplets with zero hinge loss that are not hard:
+            d_an >= d_ap + margin (and d_an > d_ap).
+        semihard_fraction: share with d_ap < d_an < d_ap + margin (a positive loss).
         hard_fraction: share with d_an <= d_ap.
+        The three shares add up to 1; a triplet at exactly d_an = d_ap + margin is easy.
         mean_d_ap: mean distance over all anchor-positive pairs (NaN when there are none).
         mean_d_an: mean distance over all anchor-negative pairs (NaN when there are none).
         dropped_pairs: semi-hard pairs dropped because no negative qualified.
@@ -389,9 +391,9 @@ def _soft_all_terms(dist: Tensor, groups: Groups | Relevance) -> _Terms:
     value = torch.zeros((), dtype=torch.float64, device=dist.device)
     neg_weight = torch.zeros_like(dist)
     anchors, positives, weights, d_aps = [], [], [], []
-    ws = shared_workspace()
+    memory = shared_buffers().rows
     for rows in chunk_rows(n, dist.shape[1]):
-        chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows, ws)
+        chunk, pos, pos_valid, d_ap, _ = masked_rows(dist, groups, rows, memory)
         pos_weight = torch.zeros_like(d_ap)
         for j in range(pos.shape[1]):
             z = torch.where(pos_valid[:, j : j + 1], d_ap[:, j : j + 1], -float("inf")) - chunk

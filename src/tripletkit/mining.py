@@ -3,11 +3,12 @@
 Terms. Labels y and a (B, B) distance matrix D. A *valid triplet* (a, p, n) has a != p,
 y[a] == y[p] and y[n] != y[a]. With margin m, a valid triplet is
 
-- *easy* when D[a,n] > D[a,p] + m (its hinge loss is zero),
 - *hard* when D[a,n] <= D[a,p],
-- *semi-hard* otherwise (D[a,p] < D[a,n] <= D[a,p] + m),
+- *easy* when it is not hard and D[a,n] >= D[a,p] + m (its hinge loss is zero),
+- *semi-hard* otherwise (D[a,p] < D[a,n] < D[a,p] + m),
 
-and *active* when D[a,n] < D[a,p] + m (its hinge loss is positive).
+and *active* when D[a,n] < D[a,p] + m (its hinge loss is positive): for m > 0 the active
+triplets are exactly the hard and the semi-hard ones.
 
 Strategies:
 
@@ -27,31 +28,82 @@ distance has no order against another, and no gradient). ``offset`` and ``fallba
 "semi-hard": with "all" or "hard" a value other than the default (0, "skip") has no effect and
 gives a UserWarning.
 
-How it stays O(B^2). Rows are processed in chunks. Per anchor there are k - 1 positives, hence a
-few sorted threshold lists (D[a,p], D[a,p] + m, ...). Each negative distance is bucketed once
-against the anchor's sorted thresholds; per-bucket counts, sums and minima then answer every
-question above (how many negatives lie under each threshold, which is the closest above it) with
-cumulative sums over the k buckets instead of a (B, B, B) comparison.
+A worked example: six points on a line, D[i, j] = |x_i - x_j|, people 0, 0, 0, 1, 1, 2:
+
+>>> import torch
+>>> from tripletkit import mine
+>>> x = torch.tensor([0.0, 0.25, 1.0, 0.5, 1.5, 2.0])
+>>> labels = [0, 0, 0, 1, 1, 2]
+>>> D = (x[:, None] - x[None, :]).abs()
+>>> D
+tensor([[0.0000, 0.2500, 1.0000, 0.5000, 1.5000, 2.0000],
+        [0.2500, 0.0000, 0.7500, 0.2500, 1.2500, 1.7500],
+        [1.0000, 0.7500, 0.0000, 0.5000, 0.5000, 1.0000],
+        [0.5000, 0.2500, 0.5000, 0.0000, 1.0000, 1.5000],
+        [1.5000, 1.2500, 0.5000, 1.0000, 0.0000, 0.5000],
+        [2.0000, 1.7500, 1.0000, 1.5000, 0.5000, 0.0000]])
+
+"all" lists every valid triplet: anchors 0, 1, 2 have 2 positives and 3 negatives each, 3 and
+4 one positive and 4 negatives, and 5 (alone in its person) none: 3 x 6 + 2 x 4 = 26.
+
+>>> len(mine(D, labels, "all"))
+26
+
+"hard" pairs each anchor's farthest positive with its closest negative. Anchor 0: farthest
+positive 2 (1.0), closest negative 3 (0.5); anchor 1: positive 2 (0.75), negative 3 (0.25);
+anchor 2: positive 0 (1.0), and negatives 3 and 4 tie at 0.5, so the smaller column, 3.
+
+>>> mine(D, labels, "hard").as_list()
+[(0, 2, 3), (1, 2, 3), (2, 0, 3), (3, 4, 1), (4, 3, 2)]
+
+"semi-hard" takes, for every pair (a, p), the closest negative strictly farther than p. Pair
+(0, 1) at 0.25 gets 3 (0.5); pair (1, 0) at 0.25 skips negative 3, which lies at exactly 0.25
+(not farther: a hard negative), and gets 4 (1.25); pair (2, 0) at 1.0 has no negative farther
+than 1.0 (5 lies at exactly 1.0), so with the default fallback "skip" it is dropped.
+
+>>> semi = mine(D, labels, "semi-hard")
+>>> semi.as_list()
+[(0, 1, 3), (0, 2, 4), (1, 0, 4), (1, 2, 4), (2, 1, 5), (3, 4, 5), (4, 3, 1)]
+>>> semi.dropped
+1
+
+An offset moves the boundary: t = -0.5 asks only D[a,n] > D[a,p] - 0.5, so pair (2, 0) now
+gets 5 (1.0 > 0.5) and pair (1, 0) the hard negative 3 (0.25 > -0.25); a negative at exactly
+D[a,p] - 0.5 still does not qualify (pair (0, 2) passes over 3 at 0.5 for 4).
+
+>>> mine(D, labels, "semi-hard", offset=-0.5).as_list()
+[(0, 1, 3), (0, 2, 4), (1, 0, 3), (1, 2, 4), (2, 0, 5), (2, 1, 3), (3, 4, 5), (4, 3, 1)]
+
+How it stays O(B^2). Rows are processed in chunks. Each anchor's k - 1 positive distances give
+a few threshold blocks (:class:`Thresholds`: d_ap, just below d_ap + m, d_ap + t). Each negative
+distance is bucketed once against its row's sorted thresholds (:mod:`tripletkit._bucketing`:
+bucket > j exactly when the distance is above threshold j); per-bucket counts, sums and minima
+then answer every question above (how many negatives lie under each threshold, which is the
+closest one above it) with cumulative sums over the buckets instead of a (B, B, B) comparison.
+Buffers are passed down explicitly (:class:`ChunkBuffers`).
 """
 
 from __future__ import annotations
 
 import numbers
+import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._bucketing import Workspace, bucketize, shared_workspace
+from ._bucketing import BucketScratch, Reusable, bucketize
 
 STRATEGIES = ("all", "hard", "semi-hard")
 FALLBACKS = ("skip", "hardest", "easiest")
 
 # Elements per chunk of rows.
 _CHUNK_ELEMENTS = 1 << 20
+# Buffer bytes kept between calls; larger sets of buffers are released after each call.
+KEEP_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -199,6 +251,132 @@ def label_groups(labels: Tensor) -> Groups:
 
 
 @dataclass
+class ChunkBuffers:
+    """The memory a scan reuses from chunk to chunk (and, through :func:`shared_buffers`, from
+    call to call on one thread), one :class:`~tripletkit._bucketing.Reusable` per purpose.
+
+    Attributes:
+        rows: the chunk's copy of D, +inf off the negatives (:func:`masked_rows`).
+        buckets: int64: each entry's bucket against its row's thresholds.
+        keys: int64: the semi-hard choice's packed (distance, column) keys, or with "all" each
+            negative's count of hinge pairs (a call computes one or the other).
+        values, flags: the semi-hard choice in dtypes other than float32 (each bucket's
+            minimum gathered back, and where an entry is that minimum).
+        bucketing: lent to :func:`~tripletkit._bucketing.bucketize`.
+    """
+
+    rows: Reusable = field(default_factory=Reusable)
+    buckets: Reusable = field(default_factory=Reusable)
+    keys: Reusable = field(default_factory=Reusable)
+    values: Reusable = field(default_factory=Reusable)
+    flags: Reusable = field(default_factory=Reusable)
+    bucketing: BucketScratch = field(default_factory=BucketScratch)
+
+    def parts(self) -> list[Reusable]:
+        own = [self.rows, self.buckets, self.keys, self.values, self.flags]
+        return own + self.bucketing.parts()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(p.nbytes for p in self.parts())
+
+    def trim(self, keep_bytes: int = KEEP_BYTES) -> int:
+        """Release the largest parts until at most ``keep_bytes`` remain; return the bytes
+        released."""
+        released = 0
+        for part in sorted(self.parts(), key=lambda p: -p.nbytes):
+            if self.nbytes <= keep_bytes:
+                break
+            released += part.release()
+        return released
+
+
+_LOCAL = threading.local()
+
+
+def shared_buffers() -> ChunkBuffers:
+    """This thread's buffers, kept between calls: those of the latest call (measured: 24 to
+    30 MB at B = 1800 (45 x 40), 14 to 22 MB at B = 8192 (2048 x 4), 33 to 57 MB at B = 1024
+    with 4 identities), at most :data:`KEEP_BYTES` of them, so that training steps take no
+    page faults for fresh ones. :func:`release_workspace` frees them."""
+    buffers = getattr(_LOCAL, "buffers", None)
+    if buffers is None:
+        buffers = _LOCAL.buffers = ChunkBuffers()
+    return buffers
+
+
+def release_workspace() -> int:
+    """Free this thread's mining buffers now; return the bytes released. The next loss call
+    allocates them again."""
+    buffers = getattr(_LOCAL, "buffers", None)
+    return 0 if buffers is None else buffers.trim(0)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds of one chunk of rows, built from each row's S positive distances d_ap.
+
+    Columns come in blocks of S, one threshold per positive slot (+inf for an empty slot). By
+    the bucketing convention (:mod:`tripletkit._bucketing`), the entry D[a,n] lies in a bucket
+    above the threshold at sorted position j exactly when D[a,n] > that threshold:
+
+    ========  ===========================  ============================  ======================
+    block     threshold of the pair (a,p)  bucket > j means              used for
+    ========  ===========================  ============================  ======================
+    hard      d_ap                         D[a,n] > d_ap: not hard       hard counts; the
+                                                                         semi-hard choice at t=0
+    active    below(d_ap + m), the         D[a,n] >= d_ap + m: zero      easy / active counts,
+              largest float < d_ap + m     hinge loss                    batch-all hinge sums
+    semi      d_ap + t (only when t != 0)  D[a,n] > d_ap + t: a          the semi-hard choice
+                                           semi-hard candidate
+    ========  ===========================  ============================  ======================
+
+    Attributes:
+        sorted: (R, T) each row's thresholds, ascending (T = blocks x S).
+        order: (R, T) the column each sorted threshold came from.
+        position: (R, T) where each column's threshold sits in ``sorted``.
+        blocks: the block names, in column order.
+        slots: S.
+    """
+
+    sorted: Tensor
+    order: Tensor
+    position: Tensor
+    blocks: tuple[str, ...]
+    slots: int
+
+    @classmethod
+    def of_pairs(
+        cls, d_ap: Tensor, valid: Tensor, margin: float, offset: float | None
+    ) -> Thresholds:
+        """The blocks of the table for pairs with distances ``d_ap`` (R, S), of which ``valid``
+        are real; "semi" when ``offset`` is given and not 0."""
+        inf = torch.full_like(d_ap, float("inf"))
+        named = {"hard": d_ap, "active": torch.nextafter(d_ap + margin, -inf)}
+        if offset is not None and offset != 0.0:
+            named["semi"] = d_ap + offset
+        columns = torch.cat([torch.where(valid, t, inf) for t in named.values()], 1)
+        ordered, order = columns.sort(dim=1, stable=True)
+        position = torch.empty_like(order)
+        position.scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+        )
+        return cls(ordered, order, position, tuple(named), d_ap.shape[1])
+
+    def columns(self, block: str) -> slice:
+        """The columns of ``block`` ("semi" without its own block is "hard")."""
+        if block == "semi" and "semi" not in self.blocks:
+            block = "hard"
+        k = self.blocks.index(block)
+        return slice(k * self.slots, (k + 1) * self.slots)
+
+    def positions(self, block: str) -> Tensor:
+        """(R, S) sorted positions j of ``block``'s thresholds."""
+        return self.position[:, self.columns(block)]
+
+
+@dataclass
 class Scan:
     """What one pass over the distance matrix found, per anchor-positive slot (B, kmax - 1).
 
@@ -209,7 +387,7 @@ class Scan:
         has_neg: (B,) whether the anchor has a negative.
         valid_triplets: number of valid triplets.
         hard_triplets: valid triplets with D[a,n] <= D[a,p].
-        not_easy_triplets: valid triplets with D[a,n] <= D[a,p] + margin.
+        not_easy_triplets: valid triplets that are hard or have D[a,n] < D[a,p] + margin.
         sum_d_ap, sum_d_an: sums of D over all positive and all negative pairs.
         n_ap, n_an: counts of those pairs.
         hinge_count: (B, S) #{n: D[a,n] < D[a,p] + margin} ("all" only).
@@ -240,6 +418,16 @@ class Scan:
     farthest: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """The options of one scan, as its chunks need them."""
+
+    margin: float
+    offset: float | None  # the semi-hard offset; None: no semi-hard choice
+    hinge: bool  # batch-all's hinge counts, sums and negative weights
+    signed: bool  # some distance is negative (their float bits order backwards)
+
+
 def scan(
     distances: Tensor,
     structure: Groups | Relevance,
@@ -251,6 +439,7 @@ def scan(
     hinge: bool = True,
     weights_out: Tensor | None = None,
     nonnegative: bool = False,
+    buffers: ChunkBuffers | None = None,
 ) -> Scan:
     """One chunked pass over ``distances`` that gathers what ``strategy`` and the statistics need.
 
@@ -266,6 +455,7 @@ def scan(
         weights_out: (R, C) tensor to hold the negative weights, or None for a new one. It may
             be ``distances`` itself: a chunk's rows are read before they are overwritten.
         nonnegative: the caller knows that no distance is negative (else one check per call).
+        buffers: the memory to work in (None: this thread's :func:`shared_buffers`).
 
     Returns:
         A :class:`Scan`.
@@ -307,14 +497,15 @@ def scan(
         out.farthest = torch.full((n,), -1, dtype=torch.long, device=device)
     if n == 0:
         return out
-    blocks = 2 + int(all_hinge) + int(semi and offset != 0.0)
-    ws = shared_workspace()
-    ws.crowded = False  # each call finds out again whether its grid cells are crowded
+    buffers = shared_buffers() if buffers is None else buffers
     # one host sync per call, not per chunk: negative floats need another integer order
     signed = semi and not nonnegative and bool(distances.amin() < 0)
+    options = _Pass(margin, offset if semi else None, all_hinge, signed)
+    blocks = 2 + int(semi and offset != 0.0)
+    crowded = False  # each call finds out again whether its grid cells are crowded
     for rows in chunk_rows(n, max(n_cols, blocks * slots + 2)):
-        _scan_chunk(distances, groups, rows, out, margin, offset, semi, all_hinge, signed, ws)
-    ws.trim()
+        crowded = _scan_chunk(distances, groups, rows, out, options, buffers, crowded)
+    buffers.trim()
     return out
 
 
@@ -323,15 +514,12 @@ def _scan_chunk(
     groups: Groups | Relevance,
     rows: slice,
     out: Scan,
-    margin: float,
-    offset: float,
-    semi: bool,
-    all_hinge: bool,
-    signed: bool,
-    ws: Workspace,
-) -> None:
-    """Fill ``out`` for one chunk of rows."""
-    chunk, pos, pos_valid, d_ap, neg_sum = masked_rows(distances, groups, rows, ws)
+    options: _Pass,
+    buffers: ChunkBuffers,
+    crowded: bool,
+) -> bool:
+    """Fill ``out`` for one chunk of rows; return whether its grid was crowded."""
+    chunk, pos, pos_valid, d_ap, neg_sum = masked_rows(distances, groups, rows, buffers.rows)
     out.pos[rows], out.pos_valid[rows], out.d_ap[rows] = pos, pos_valid, d_ap
     out.sum_d_ap += torch.where(pos_valid, d_ap, 0.0).sum(dtype=torch.float64)  # (no mask: no sync)
     out.sum_d_an += neg_sum
@@ -342,64 +530,55 @@ def _scan_chunk(
         far_val, far = torch.where(torch.isinf(chunk), -float("inf"), chunk).max(1)
         out.farthest[rows] = torch.where(torch.isfinite(far_val), far, -1)
     if pos.shape[1] == 0:
-        return
+        return crowded
 
-    # Threshold blocks, each (R, S): 0 = D_ap (hard boundary, and the semi-hard one when t = 0),
-    # 1 = D_ap + m (easy boundary), then optionally the hinge and the semi-hard offset blocks.
-    inf_slots = torch.full_like(d_ap, float("inf"))
-    blocks = [d_ap, d_ap + margin]
-    hinge_block = semi_block = -1
-    if all_hinge:
-        hinge_block = len(blocks)  # x < y  <=>  x <= nextafter(y, -inf)
-        blocks.append(torch.nextafter(d_ap + margin, torch.full_like(d_ap, -float("inf"))))
-    if semi:
-        semi_block = 0
-        if offset != 0.0:
-            semi_block = len(blocks)
-            blocks.append(d_ap + offset)
-    slots = d_ap.shape[1]
-    thresholds = torch.cat([torch.where(pos_valid, b, inf_slots) for b in blocks], 1)
-    sorted_thr, perm = thresholds.sort(dim=1, stable=True)
-    where = torch.empty_like(perm)  # where[:, c] = sorted position of threshold column c
-    where.scatter_(1, perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm))
-
-    # bucket[a, n] = #{thresholds < D[a,n]}; D[a,n] <= sorted_thr[a, j]  <=>  bucket <= j.
+    thresholds = Thresholds.of_pairs(d_ap, pos_valid, options.margin, options.offset)
     # Masked (infinite) entries land past every finite threshold, where no finite threshold's
     # count, sum or minimum reads them.
-    bucket = bucketize(chunk, sorted_thr, ws)
-    width = sorted_thr.shape[1] + 1
-    # counts in integers: exact at any B, and a float cumsum is refused on CUDA under
+    buckets, crowded = bucketize(
+        chunk,
+        thresholds.sorted,
+        out=buffers.buckets.like(chunk, torch.long),
+        scratch=buffers.bucketing,
+        crowded=crowded,
+    )
+    width = thresholds.sorted.shape[1] + 1
+    # at_most[:, c] = #{n: D[a,n] <= threshold of column c} = #{n: bucket <= its position}, in
+    # integers: exact at any B, and a float cumsum is refused on CUDA under
     # torch.use_deterministic_algorithms(True)
-    ones = torch.ones((), dtype=torch.long, device=chunk.device).expand_as(bucket)
+    ones = torch.ones((), dtype=torch.long, device=chunk.device).expand_as(buckets)
     count = torch.zeros(len(chunk), width, dtype=torch.long, device=chunk.device)
-    at_most = count.scatter_add_(1, bucket, ones).cumsum(1).gather(1, where)
+    at_most = count.scatter_add_(1, buckets, ones).cumsum(1).gather(1, thresholds.position)
 
     valid = pos_valid & out.has_neg[rows, None]
-    out.hard_triplets += (at_most[:, :slots] * valid).sum(dtype=torch.float64)
-    out.not_easy_triplets += (at_most[:, slots : 2 * slots] * valid).sum(dtype=torch.float64)
+    hard = at_most[:, thresholds.columns("hard")]
+    active = at_most[:, thresholds.columns("active")]
+    out.hard_triplets += (hard * valid).sum(dtype=torch.float64)
+    # a hard triplet is never easy, even at margin 0 (where the active ones are inside it)
+    out.not_easy_triplets += (torch.maximum(active, hard) * valid).sum(dtype=torch.float64)
 
-    if all_hinge:
-        cols = slice(hinge_block * slots, (hinge_block + 1) * slots)
-        _hinge_sums(chunk, bucket, rows, out, at_most, where, perm, valid, cols, ws)
-    if semi:
-        above = where[:, semi_block * slots : (semi_block + 1) * slots] + 1
+    if options.hinge:
+        _hinge_sums(chunk, buckets, rows, out, at_most, thresholds, valid, buffers)
+    if options.offset is not None:
         assert out.chosen is not None
-        found, pick = _closest_above(chunk, bucket, above, width, signed, ws)
+        found, pick = semi_hard_choice(chunk, buckets, thresholds, options.signed, buffers)
         out.chosen[rows] = torch.where(found & valid, pick, -1)
+    return crowded
 
 
 def masked_rows(
-    distances: Tensor, groups: Groups | Relevance, rows: slice, ws: Workspace
+    distances: Tensor, groups: Groups | Relevance, rows: slice, memory: Reusable | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A copy of some rows of D where only negatives stay finite, with their positives.
 
     Returns:
-        (R, C) rows with +inf at every column that is not a negative (a buffer of ``ws``);
-        (R, S) positive indices, validity mask and distances D[a, p]; and the float64 sum of D
-        over the rows' negatives.
+        (R, C) rows with +inf at every column that is not a negative (in ``memory``, fresh
+        when None); (R, S) positive indices, validity mask and distances D[a, p]; and the
+        float64 sum of D over the rows' negatives.
     """
     source = distances[rows]
-    chunk = torch.add(source, 0.0, out=ws.like("rows", source))  # -0.0 becomes +0.0
+    target = torch.empty_like(source) if memory is None else memory.like(source)
+    chunk = torch.add(source, 0.0, out=target)  # -0.0 becomes +0.0
     index = torch.arange(rows.start, rows.stop, device=distances.device)
     pos, pos_valid = groups.positive_slots(index)
     d_ap = chunk.gather(1, pos)
@@ -417,30 +596,32 @@ def chunk_rows(n: int, width: int) -> list[slice]:
 
 def _hinge_sums(
     chunk: Tensor,
-    bucket: Tensor,
+    buckets: Tensor,
     rows: slice,
     out: Scan,
     at_most: Tensor,
-    where: Tensor,
-    perm: Tensor,
+    thresholds: Thresholds,
     valid: Tensor,
-    cols: slice,
-    ws: Workspace,
+    buffers: ChunkBuffers,
 ) -> None:
-    """Per pair: count and sum of the negatives under the hinge; per negative: its pair count."""
+    """Per pair: count and sum of the negatives under the hinge (D[a,n] < d_ap + m: the
+    "active" block); per negative: its pair count."""
     assert out.hinge_count is not None and out.hinge_sum is not None
     assert out.neg_weight is not None
+    cols = thresholds.columns("active")
+    position = thresholds.position
     # Masked entries add +inf to their own bucket, past every finite threshold: never read.
     sums = torch.zeros(len(chunk), at_most.shape[1] + 1, dtype=chunk.dtype, device=chunk.device)
-    below_sum = prefix_sums(sums.scatter_add_(1, bucket, chunk)).gather(1, where)
+    below_sum = prefix_sums(sums.scatter_add_(1, buckets, chunk)).gather(1, position)
     out.hinge_count[rows] = torch.where(valid, at_most[:, cols], 0).to(chunk.dtype)
     out.hinge_sum[rows] = torch.where(valid, below_sum[:, cols], 0.0)
     # weight of negative n = -#{valid hinge thresholds >= its bucket} = #{those before} - total.
     is_hinge = torch.zeros_like(at_most)
     is_hinge[:, cols] = valid.long()
-    before = torch.cat([torch.zeros_like(is_hinge[:, :1]), is_hinge.gather(1, perm).cumsum(1)], 1)
+    in_order = is_hinge.gather(1, thresholds.order).cumsum(1)
+    before = torch.cat([torch.zeros_like(is_hinge[:, :1]), in_order], 1)
     total = is_hinge.sum(1, keepdim=True)
-    seen = torch.gather(before, 1, bucket, out=ws.like("cell", chunk, torch.long))
+    seen = torch.gather(before, 1, buckets, out=buffers.keys.like(chunk, torch.long))
     torch.sub(seen, total, out=out.neg_weight[rows])
 
 
@@ -458,49 +639,72 @@ def prefix_sums(x: Tensor) -> Tensor:
     return out
 
 
-def _closest_above(
-    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, signed: bool, ws: Workspace
+def semi_hard_choice(
+    chunk: Tensor, buckets: Tensor, thresholds: Thresholds, signed: bool, buffers: ChunkBuffers
 ) -> tuple[Tensor, Tensor]:
-    """Per pair: the closest negative in buckets ``above`` and higher (strictly above the
-    pair's semi-hard threshold), ties to the smallest column. Returns whether one exists and
-    its column."""
+    """FaceNet's semi-hard choice for every pair of a chunk: the closest negative n with
+    D[a,n] > d_ap + t, ties to the smallest column.
+
+    With j the sorted position of the pair's "semi" threshold, those negatives are exactly the
+    entries in buckets j + 1, j + 2, ... (:class:`Thresholds`): so the closest one is the
+    minimum over those buckets, read from each bucket's minimum by a suffix minimum over the
+    buckets. float32 takes one reduction over packed (distance, column) keys.
+
+    Args:
+        chunk: (R, C) distances, +inf off the negatives.
+        buckets: (R, C) each entry's bucket against ``thresholds``.
+        signed: some distance is negative.
+
+    Returns:
+        (R, S) whether each pair has such a negative, and (R, S) its column.
+    """
+    first = thresholds.positions("semi") + 1  # the first bucket above the threshold
+    width = thresholds.sorted.shape[1] + 1
     if chunk.dtype == torch.float32:
-        return _closest_above_packed(chunk, bucket, above, width, signed, ws)
+        return _closest_from_packed(chunk, buckets, first, width, signed, buffers)
+    return _closest_from(chunk, buckets, first, width, buffers)
+
+
+def _closest_from(
+    chunk: Tensor, buckets: Tensor, first: Tensor, width: int, buffers: ChunkBuffers
+) -> tuple[Tensor, Tensor]:
+    """Per pair, the closest entry in buckets ``first`` and higher (smallest column among
+    ties): whether one exists, and its column."""
     n_rows, n_cols = chunk.shape
     low = torch.full((n_rows, width), float("inf"), dtype=chunk.dtype, device=chunk.device)
-    low.scatter_reduce_(1, bucket, chunk, "amin")
+    low.scatter_reduce_(1, buckets, chunk, "amin")
     # Per bucket, the smallest column holding its minimum.
     is_low = torch.eq(
         chunk,
-        torch.gather(low, 1, bucket, out=ws.like("scratch", chunk)),
-        out=ws.like("above", chunk, torch.bool),
+        torch.gather(low, 1, buckets, out=buffers.values.like(chunk)),
+        out=buffers.flags.like(chunk, torch.bool),
     )
     cols = torch.arange(n_cols, device=chunk.device).expand_as(chunk)
     none = torch.full((), n_cols, device=chunk.device).expand_as(chunk)
-    candidates = torch.where(is_low, cols, none, out=ws.like("cell", chunk, torch.long))
+    candidates = torch.where(is_low, cols, none, out=buffers.keys.like(chunk, torch.long))
     low_col = torch.full((n_rows, width), n_cols, dtype=torch.long, device=chunk.device)
-    low_col.scatter_reduce_(1, bucket, candidates, "amin")
-    # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
+    low_col.scatter_reduce_(1, buckets, candidates, "amin")
+    # Suffix minima over buckets: the closest entry in buckets j, j + 1, ...
     suffix, arg = torch.cummin(low.flip(1), 1)
     suffix, arg = suffix.flip(1), (width - 1 - arg).flip(1)
-    return torch.isfinite(suffix.gather(1, above)), low_col.gather(1, arg.gather(1, above))
+    return torch.isfinite(suffix.gather(1, first)), low_col.gather(1, arg.gather(1, first))
 
 
-def _closest_above_packed(
-    chunk: Tensor, bucket: Tensor, above: Tensor, width: int, signed: bool, ws: Workspace
+def _closest_from_packed(
+    chunk: Tensor, buckets: Tensor, first: Tensor, width: int, signed: bool, buffers: ChunkBuffers
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_closest_above` for float32 in one reduction: the value's bits (made to order as
+    """:func:`_closest_from` for float32 in one reduction: the value's bits (made to order as
     integers) in the high half of an int64 and the column in the low half, so the minimum key
-    per bucket is the closest negative with the smallest column among ties."""
+    per bucket is the closest entry with the smallest column among ties."""
     n_rows, n_cols = chunk.shape
-    key = ws.like("key", chunk, torch.int64).copy_(chunk.view(torch.int32))  # sign-extended
+    key = buffers.keys.like(chunk, torch.int64).copy_(chunk.view(torch.int32))  # sign-extended
     if signed:  # negative floats order backwards as integers
         key.bitwise_xor_(torch.bitwise_right_shift(key, 31).bitwise_and_(0x7FFFFFFF))
     key.bitwise_left_shift_(32).bitwise_or_(torch.arange(n_cols, device=chunk.device))
     low = torch.full((n_rows, width), torch.iinfo(torch.int64).max, device=chunk.device)
-    low.scatter_reduce_(1, bucket, key, "amin")
-    # Suffix minima over buckets: the closest negative in buckets j, j + 1, ...
-    suffix = torch.cummin(low.flip(1), 1).values.flip(1).gather(1, above)
+    low.scatter_reduce_(1, buckets, key, "amin")
+    # Suffix minima over buckets: the closest entry in buckets j, j + 1, ...
+    suffix = torch.cummin(low.flip(1), 1).values.flip(1).gather(1, first)
     return suffix < (0x7F800000 << 32), suffix & 0xFFFFFFFF  # a finite value: not +inf, not empty
 
 

@@ -214,5 +214,5 @@ def test_bucketize_matches_searchsorted(seed, rows, cols, width, exponent, clust
         values[:, 1] = thresholds[:, 0]  # a tie
     compare, _ = _paths(f"{path}-sparse")
     with compare:
-        got = bucketing.bucketize(values, thresholds, bucketing.Workspace())
+        got = bucketing.bucketize(values, thresholds).buckets
     assert torch.equal(got, torch.searchsorted(thresholds, values.contiguous()))

@@ -96,10 +96,12 @@ def test_hand_written_losses(mining, reduction, expected, active):
     )
     assert loss.item() == pytest.approx(expected)
     assert stats.active_fraction == pytest.approx(active)
-    # easy: (0,1,3) (1,0,3) (3,2,0); semi-hard: (0,1,2) (3,2,1); hard: (1,0,2) (2,3,0) (2,3,1)
+    # easy: (0,1,3) (1,0,3) (3,2,0), and (0,1,2) (3,2,1) at d_an = d_ap + m exactly (zero
+    # loss: easy, not semi-hard; regression, they were counted semi-hard); hard: (1,0,2)
+    # (2,3,0) (2,3,1)
     assert (stats.easy_fraction, stats.semihard_fraction, stats.hard_fraction) == (
-        3 / 8,
-        2 / 8,
+        5 / 8,
+        0.0,
         3 / 8,
     )
     assert stats.valid_triplets == 8
