@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 SCHEDULES = ("constant", "linear", "cosine", "step")
 
@@ -71,14 +70,10 @@ class Schedule:
         return float(self.start + (self.end - self.start) * weight)
 
 
-class _Tunable(Protocol):
-    offset: float
-    margin: float
-
-
 @dataclass(frozen=True)
 class Curriculum:
-    """The offset schedule and an optional margin schedule, applied to a loss by step."""
+    """The offset schedule and an optional margin schedule: their values at each step go to
+    the loss with the batch, ``loss_fn(embeddings, labels, **curriculum.at(step))``."""
 
     offset: Schedule
     margin: Schedule | None = None
@@ -88,13 +83,6 @@ class Curriculum:
         values = {"offset": self.offset(step)}
         if self.margin is not None:
             values["margin"] = self.margin(step)
-        return values
-
-    def apply(self, loss: _Tunable, step: int) -> dict[str, float]:
-        """Set ``loss.offset`` (and ``loss.margin``) for ``step``; return the values set."""
-        values = self.at(step)
-        for name, value in values.items():
-            setattr(loss, name, value)
         return values
 
 

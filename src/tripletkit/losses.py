@@ -278,8 +278,8 @@ class TripletLoss(nn.Module):
     """:func:`triplet_loss` with its options held; ``forward`` returns (loss, stats), and
     :meth:`relevance` the query x document variant.
 
-    ``margin`` and ``offset`` are plain attributes, so a :class:`tripletkit.Curriculum` can move
-    them between steps.
+    A :class:`tripletkit.Curriculum` moves ``margin`` and ``offset`` by passing its values to
+    each call (``loss_fn(x, y, **curriculum.at(step))``); the held options never change.
     """
 
     def __init__(
@@ -302,13 +302,22 @@ class TripletLoss(nn.Module):
         self.soft = soft
         self.reduction = reduction
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, TripletStats]:
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        margin: float | None = None,
+        offset: float | None = None,
+    ) -> tuple[Tensor, TripletStats]:
+        """:func:`triplet_loss` with these options; ``margin`` and ``offset``, when given,
+        replace the held ones for this call (a :class:`tripletkit.Curriculum`'s values)."""
         return triplet_loss(
             embeddings,
             labels,
-            margin=self.margin,
+            margin=self.margin if margin is None else margin,
             mining=self.mining,
-            offset=self.offset,
+            offset=self.offset if offset is None else offset,
             fallback=self.fallback,
             distance=self.distance,
             soft=self.soft,
@@ -316,16 +325,23 @@ class TripletLoss(nn.Module):
         )
 
     def relevance(
-        self, queries: Tensor, documents: Tensor, relevant: Tensor
+        self,
+        queries: Tensor,
+        documents: Tensor,
+        relevant: Tensor,
+        *,
+        margin: float | None = None,
+        offset: float | None = None,
     ) -> tuple[Tensor, TripletStats]:
-        """:func:`relevance_triplet_loss` with these options."""
+        """:func:`relevance_triplet_loss` with these options (``margin`` and ``offset`` as in
+        :meth:`forward`)."""
         return relevance_triplet_loss(
             queries,
             documents,
             relevant,
-            margin=self.margin,
+            margin=self.margin if margin is None else margin,
             mining=self.mining,
-            offset=self.offset,
+            offset=self.offset if offset is None else offset,
             fallback=self.fallback,
             distance=self.distance,
             soft=self.soft,

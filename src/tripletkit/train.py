@@ -1,60 +1,74 @@
 """The training loop, domain-free: a model, a batch source and a triplet loss.
 
-Per step: a P x K batch from the source, embeddings, the curriculum's offset (and margin), the
-loss, an optimiser step and a learning-rate schedule step; a JSONL log line with the loss and
-the mining statistics; a progress bar. Per epoch: an atomic checkpoint (model, optimiser,
-scheduler, sampler and RNG state, the batch source's own state when it has one, and the
-settings that shape training), so ``resume=True`` continues an interrupted run to the same
-weights as an uninterrupted one (on CPU), and refuses to continue it under other settings
-(another number of epochs, learning rate, batch shape, ...), which would mix two schedules.
-A warning when the embedding collapses (the mean negative distance falls below a tenth of its
-first value, as FaceNet warns hard negatives can cause).
+Per step (:func:`train_step`): a P x K batch from the source, embeddings, the curriculum's
+offset (and margin) handed to the loss with the batch (:class:`StepLoss`), the loss, an
+optimiser step and a learning-rate schedule step. Then a JSONL log line with the loss and the
+mining statistics (:func:`log_record`), a progress bar, and, with an :class:`Evaluation`, a
+point of the evaluation curve. Per epoch: an atomic checkpoint of the
+:class:`~tripletkit.checkpoint.TrainState`, so ``resume=True`` continues an interrupted run to
+the same weights, log and curve as an uninterrupted one (on CPU), and refuses to continue it
+under other settings (another number of epochs, learning rate, batch shape, ...), which would
+mix two schedules. A warning when the embedding collapses (the mean negative distance falls
+below a tenth of its first value, as FaceNet warns hard negatives can cause).
 
 Under ``torchrun`` (see :mod:`tripletkit.distributed`) the model is wrapped in
-DistributedDataParallel, the source gathers the global batch, and only rank 0 writes the log and
-the checkpoints; on resume rank 0 reads the checkpoint and sends it to every rank, each of which
-restores its own RNG state.
+DistributedDataParallel, the source gathers the global batch, and only rank 0 writes the log,
+the curve and the checkpoints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from ._io import atomic_write, write_text
+from ._io import write_text
+from .checkpoint import Sampler, TrainState, run_settings
 from .config import LossConfig, TrainConfig
 from .curriculum import Curriculum, Schedule, default_curriculum
 from .losses import TripletLoss, TripletStats
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "step")
-# TrainConfig keys that say where and how a run executes, not what it computes: a run may resume
-# with other values of these
-RUN_ONLY_KEYS = ("threads", "device", "backend", "timeout")
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
 
 
-class Sampler(Protocol):
-    """Batches of dataset indices, reproducible from (seed, epoch)."""
+@dataclass(frozen=True)
+class StepLoss:
+    """The triplet loss with one step's curriculum values: what a batch source calls.
 
-    def __iter__(self) -> Iterator[list[int]]: ...
-    def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
-    def state_dict(self) -> dict[str, int]: ...
-    def load_state_dict(self, state: dict[str, int]) -> None: ...
+    Attributes:
+        loss: the configured loss.
+        margin, offset: this step's values (the loss's own when no curriculum moves them).
+    """
+
+    loss: TripletLoss
+    margin: float
+    offset: float
+
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, TripletStats]:
+        return self.loss(embeddings, labels, margin=self.margin, offset=self.offset)
+
+    def relevance(
+        self, queries: Tensor, documents: Tensor, relevant: Tensor
+    ) -> tuple[Tensor, TripletStats]:
+        """The query x document loss with this step's values."""
+        return self.loss.relevance(
+            queries, documents, relevant, margin=self.margin, offset=self.offset
+        )
 
 
 class BatchSource(Protocol):
@@ -63,8 +77,8 @@ class BatchSource(Protocol):
     :func:`tripletkit.distributed.gather`).
 
     A source whose batches depend on state of its own (negatives mined again during training,
-    say) also has ``state_dict() -> object`` and ``load_state_dict(state)``: the loop saves the
-    first in every checkpoint (on rank 0, so it must not communicate) and restores it on resume
+    say) also has ``state_dict() -> object`` and ``load_state_dict(state)``: the checkpoint
+    holds the first (written on rank 0, so it must not communicate) and resuming restores it
     (on every rank). They are optional and not part of this protocol's checked surface.
     """
 
@@ -74,7 +88,7 @@ class BatchSource(Protocol):
     def loss(
         self,
         model: nn.Module,
-        loss_fn: TripletLoss,
+        loss_fn: StepLoss,
         indices: list[int],
         gen: torch.Generator,
         step: int,
@@ -82,6 +96,26 @@ class BatchSource(Protocol):
         """The loss of the examples at ``indices``; ``gen`` drives augmentation. ``model``
         may be wrapped in DistributedDataParallel; inputs go to its device."""
         ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A curve of scores of the model in training.
+
+    ``score(model)`` (the model itself, not its DDP wrapper; called on every rank, so it may
+    communicate) gives {name: value} at step 0, every ``every`` steps (0: none between) and
+    after the last step; rank 0 writes one JSON line per point, ``{"step": s, **scores}``, to
+    ``file`` in the run folder. On resume the curve keeps its points up to the checkpoint and
+    goes on, so it reads as if training had never stopped.
+    """
+
+    score: Callable[[nn.Module], dict[str, float]]
+    every: int = 0
+    file: str = "eval_log.jsonl"
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether a point is taken once ``step`` steps are done."""
+        return step == 0 or step == total or bool(self.every and step % self.every == 0)
 
 
 @dataclass(frozen=True)
@@ -101,28 +135,28 @@ def fit(
     out_dir: str | Path,
     *,
     curriculum: Callable[[int], Curriculum | None] | None = None,
+    evaluation: Evaluation | None = None,
     resume: bool = False,
     stop_after_epoch: int | None = None,
     progress: bool = True,
     desc: str = "train",
-    on_step: Callable[[int, nn.Module], None] | None = None,
-    settings: Mapping[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
     Args:
         model: maps a batch of inputs to (B, d) embeddings.
-        loss_fn: the triplet loss; its offset and margin follow the curriculum.
+        loss_fn: the triplet loss; the curriculum moves its offset and margin per step.
         source: sampler and batches.
         cfg: optimiser, schedule, epochs, seed.
-        out_dir: where ``checkpoint.pt`` and ``train_log.jsonl`` go.
+        out_dir: where ``checkpoint.pt``, ``train_log.jsonl`` and the evaluation curve go.
         curriculum: builds the curriculum from the total number of steps (None: fixed options).
+        evaluation: a curve of scores during training (None: none).
         resume: continue from ``out_dir/checkpoint.pt`` when it exists, provided it was written
-            with the same settings (see :func:`run_settings`).
+            with the same settings (see :func:`~tripletkit.checkpoint.run_settings`).
         stop_after_epoch: stop after this epoch (0-based), as if interrupted; for tests.
         progress: show a progress bar.
         desc: the progress bar's label.
-        on_step: called with (steps done, model) after every step (evaluation curves).
         settings: further settings that shape training, beyond ``cfg`` (say the loss and model
             config, as nested dicts of JSON values): recorded in the checkpoint and checked on
             resume like ``cfg``.
@@ -131,215 +165,193 @@ def fit(
         A :class:`TrainResult`.
 
     Raises:
-        ValueError: on resume, when the checkpoint was written with other settings (naming
-            each one that differs, old -> new), or by another number of processes.
+        ValueError: no training batch; on resume, a checkpoint written with other settings
+            (naming each one that differs, old -> new) or by another number of processes.
     """
     out = Path(out_dir)
     main = distributed.is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    checkpoint, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed.check_same(dataclasses.asdict(cfg), "train config")
     device = training_device(cfg)
     model.to(device)
-    steps_per_epoch = len(source.sampler)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps > 0:
-        total = min(total, cfg.max_steps)
+    per_epoch = len(source.sampler)
+    total = (
+        cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.epochs * per_epoch, cfg.max_steps)
+    )
     if total == 0:
         raise ValueError("no training batches: too few identities or examples for P x K")
     schedule = curriculum(total) if curriculum else None
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
-    recorded = run_settings(cfg, steps_per_epoch, total, settings)
-
-    start_epoch, step, first_d_an, collapsed = 0, 0, math.nan, False
-    state = _load(checkpoint) if resume else None
-    if state is not None:
-        check_settings(checkpoint, state, recorded)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        source.sampler.load_state_dict(state["sampler"])
-        _restore_source(checkpoint, source, state)
-        torch.set_rng_state(state["rng"][distributed.rank()])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        first_d_an, collapsed = state["first_d_an"], state["collapsed"]
-        if main:
-            _truncate_log(log_path, step)
-    elif main and log_path.exists():
-        log_path.unlink()
-
-    started = time.perf_counter()
+    state = TrainState(
+        model,
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total)),
+        source.sampler,
+        source,
+        run_settings(cfg, per_epoch, total, settings),
+    )
+    resumed = resume and state.load(out / CHECKPOINT)
+    curve = out / evaluation.file if evaluation else None
     net = _wrap(model, device, source)
-    net.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and main), leave=False)
-    with log_path.open("a") if main else contextlib.nullcontext() as log:
-        for epoch in range(start_epoch, cfg.epochs):
+    started = time.perf_counter()
+    with (
+        _jsonl(out / LOG, main, keep=state.step if resumed else 0) as log,
+        _jsonl(curve, main, keep=state.step if resumed else -1, by_step=True) as points,
+        _bar(total, state.step, desc, progress and main) as bar,
+    ):
+        if evaluation and not resumed:
+            _evaluate(evaluation, model, 0, points)
+        net.train()
+        for epoch in range(state.epoch, cfg.epochs):
             source.sampler.set_epoch(epoch)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             for batch in source.sampler:
-                if step >= total:
+                if state.step >= total:
                     break
-                values = schedule.apply(loss_fn, step) if schedule else {}
-                with distributed.communication_errors(f"training step {step}"):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                        loss, stats = source.loss(net, loss_fn, batch, gen, step)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                optimizer.step()
-                scheduler.step()
-                value = loss.item()
-                if math.isnan(first_d_an) and not math.isnan(stats.mean_d_an):
-                    first_d_an = stats.mean_d_an
-                if not collapsed and stats.mean_d_an < 0.1 * first_d_an:
-                    collapsed = True
-                    if main:
-                        warnings.warn(
-                            f"step {step}: the embedding is collapsing (mean negative distance "
-                            f"{stats.mean_d_an:.4f}, was {first_d_an:.4f}); try easier mining "
-                            "(semi-hard, a curriculum) or a lower learning rate",
-                            stacklevel=2,
-                        )
-                record = {
-                    "step": step,
-                    "epoch": epoch,
-                    "seconds": round(time.perf_counter() - started, 4),
-                    "loss": value,
-                    "lr": scheduler.get_last_lr()[0],
-                    "offset": loss_fn.offset,
-                    "margin": loss_fn.margin,
-                    **stats.as_dict(),
-                    "collapsed": collapsed,
-                    **{f"curriculum_{k}": v for k, v in values.items()},
-                }
-                if log is not None:
-                    log.write(json.dumps(record) + "\n")
-                step += 1
-                if on_step is not None:
-                    on_step(step, model)
+                step_loss = _step_loss(loss_fn, schedule, state.step)
+                loss, stats = train_step(net, step_loss, source, batch, gen, state, cfg.amp)
+                _watch_collapse(state, stats, main)
+                record = log_record(state, epoch, loss.item(), stats, step_loss, schedule, started)
+                _write(log, record)
+                state.step += 1
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{value:.4f}",
+                    loss=f"{record['loss']:.4f}",
                     active=f"{stats.active_fraction:.2f}",
-                    t=f"{loss_fn.offset:.3f}",
+                    t=f"{step_loss.offset:.3f}",
                 )
-            rngs = distributed.all_objects(torch.get_rng_state(), "RNG states")
+                if evaluation and evaluation.due(state.step, total):
+                    _evaluate(evaluation, model, state.step, points)
+                    net.train()
+            state.epoch = epoch + 1
             if log is not None:
                 log.flush()
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "sampler": source.sampler.state_dict(),
-                    "rng": rngs,
-                    "epoch": epoch,
-                    "step": step,
-                    "first_d_an": first_d_an,
-                    "collapsed": collapsed,
-                    "config": recorded,
-                    "config_hash": settings_hash(recorded),
-                }
-                if _has_state(source):
-                    state["source"] = source.state_dict()  # type: ignore[attr-defined]
-                _save(checkpoint, state)
-            if step >= total or (stop_after_epoch is not None and epoch >= stop_after_epoch):
+            state.save(out / CHECKPOINT)
+            if state.step >= total or (stop_after_epoch is not None and epoch >= stop_after_epoch):
                 break
-    bar.close()
     model.eval()
-    return TrainResult(steps=step, log=log_path, collapsed=collapsed)
+    return TrainResult(steps=state.step, log=out / LOG, collapsed=state.collapsed)
 
 
-def run_settings(
-    cfg: TrainConfig,
-    steps_per_epoch: int,
-    total: int,
-    settings: Mapping[str, Any] | None = None,
+def train_step(
+    net: nn.Module,
+    loss_fn: StepLoss,
+    source: BatchSource,
+    batch: list[int],
+    gen: torch.Generator,
+    state: TrainState,
+    amp: bool,
+) -> tuple[Tensor, TripletStats]:
+    """One optimiser step on ``batch``: the source's loss (bfloat16 autocast with ``amp``), the
+    backward, the optimiser and the learning-rate schedule."""
+    device = next(net.parameters()).device
+    with distributed.communication_errors(f"training step {state.step}"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, stats = source.loss(net, loss_fn, batch, gen, state.step)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    return loss, stats
+
+
+def log_record(
+    state: TrainState,
+    epoch: int,
+    loss: float,
+    stats: TripletStats,
+    loss_fn: StepLoss,
+    schedule: Curriculum | None,
+    started: float,
 ) -> dict[str, Any]:
-    """What a checkpoint records of the run that wrote it, and what a resumed run must share:
-    ``cfg`` but for :data:`RUN_ONLY_KEYS` (under "train"), the batches per epoch and the total
-    steps (under "steps": they change with the data too), and ``settings``, as JSON values."""
-    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
-    recorded = {
-        "train": train,
-        "steps": {"per_epoch": steps_per_epoch, "total": total},
-        **(settings or {}),
+    """The log line of the step just taken (``state.step`` not yet counted)."""
+    moved = schedule.at(state.step) if schedule else {}
+    return {
+        "step": state.step,
+        "epoch": epoch,
+        "seconds": round(time.perf_counter() - started, 4),
+        "loss": loss,
+        "lr": state.scheduler.get_last_lr()[0],
+        "offset": loss_fn.offset,
+        "margin": loss_fn.margin,
+        **stats.as_dict(),
+        "collapsed": state.collapsed,
+        **{f"curriculum_{k}": v for k, v in moved.items()},
     }
-    return json.loads(json.dumps(recorded, default=str))
 
 
-def settings_hash(recorded: Mapping[str, Any]) -> str:
-    """SHA-256 (16 hex digits) of ``recorded`` as canonical JSON: equal for equal settings."""
-    text = json.dumps(recorded, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def check_settings(path: Path, state: Mapping[str, Any], recorded: Mapping[str, Any]) -> None:
-    """Refuse to resume the checkpoint ``state`` (read from ``path``) under other settings.
-
-    Raises:
-        ValueError: naming every setting that differs, as ``key old -> new``.
-    """
-    if "config" not in state:
-        warnings.warn(
-            f"{path} records no training settings (written by an older version): resuming "
-            "without checking that this run uses the same ones",
-            stacklevel=3,
-        )
-        return
-    if state.get("config_hash") == settings_hash(recorded):
-        return
-    old, new = flatten(state["config"]), flatten(recorded)
-    changes = [
-        f"{key} {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
-        for key in sorted(old.keys() | new.keys())
-        if old.get(key, _UNSET) != new.get(key, _UNSET)
-    ]
-    if not changes:
-        return
-    raise ValueError(
-        f"{path} was written by a run with other settings: {', '.join(changes)}. Resuming "
-        "would mix two training schedules: resume with the settings it was written with, or "
-        "train into a new folder (or without resume) to start again"
+def _step_loss(loss_fn: TripletLoss, schedule: Curriculum | None, step: int) -> StepLoss:
+    """The loss with the curriculum's values at ``step`` (its own where none moves them)."""
+    values = schedule.at(step) if schedule else {}
+    return StepLoss(
+        loss_fn, values.get("margin", loss_fn.margin), values.get("offset", loss_fn.offset)
     )
 
 
-_UNSET = object()
+def _watch_collapse(state: TrainState, stats: TripletStats, main: bool) -> None:
+    """Keep the first mean negative distance; warn once when it falls below a tenth of it."""
+    if math.isnan(state.first_d_an) and not math.isnan(stats.mean_d_an):
+        state.first_d_an = stats.mean_d_an
+    if not state.collapsed and stats.mean_d_an < 0.1 * state.first_d_an:
+        state.collapsed = True
+        if main:
+            warnings.warn(
+                f"step {state.step}: the embedding is collapsing (mean negative distance "
+                f"{stats.mean_d_an:.4f}, was {state.first_d_an:.4f}); try easier mining "
+                "(semi-hard, a curriculum) or a lower learning rate",
+                stacklevel=3,
+            )
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one dict with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{key}.")
+def _evaluate(evaluation: Evaluation, model: nn.Module, step: int, points: IO[str] | None) -> None:
+    """One point of the curve (computed on every rank, written by rank 0)."""
+    was_training = model.training
+    model.eval()
+    scores = evaluation.score(model)
+    _write(points, {"step": step, **scores})
+    if points is not None:
+        points.flush()
+    model.train(was_training)
+
+
+def _write(handle: IO[str] | None, record: dict[str, Any]) -> None:
+    if handle is not None:
+        handle.write(json.dumps(record) + "\n")
+
+
+@contextmanager
+def _jsonl(
+    path: Path | None, main: bool, *, keep: int, by_step: bool = False
+) -> Iterator[IO[str] | None]:
+    """A JSONL file to append to (None off rank 0 or without ``path``). A fresh run starts
+    it empty; a resumed one keeps what the checkpoint covers: the first ``keep`` lines, or
+    with ``by_step`` the records with ``step <= keep`` (``keep`` < 0: none)."""
+    if path is None or not main:
+        yield None
+        return
+    if keep <= 0 and not (by_step and keep == 0):
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        if by_step:
+            lines = [x for x in lines if x.strip() and json.loads(x)["step"] <= keep]
         else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+            lines = lines[:keep]
+        write_text(path, "".join(lines))
+    with path.open("a") as handle:
+        yield handle
 
 
-def _has_state(source: BatchSource) -> bool:
-    """Whether ``source`` has state of its own to checkpoint (``state_dict`` and
-    ``load_state_dict``)."""
-    return callable(getattr(source, "state_dict", None)) and callable(
-        getattr(source, "load_state_dict", None)
-    )
-
-
-def _restore_source(path: Path, source: BatchSource, state: Mapping[str, Any]) -> None:
-    """Give ``source`` its checkpointed state, warning when the checkpoint holds none."""
-    if not _has_state(source):
-        return
-    if "source" not in state:
-        warnings.warn(
-            f"{path} holds no state of the batch source (written by an older version): it "
-            "starts again from its first state",
-            stacklevel=3,
-        )
-        return
-    source.load_state_dict(state["source"])  # type: ignore[attr-defined]
+@contextmanager
+def _bar(total: int, initial: int, desc: str, show: bool) -> Iterator[Any]:
+    bar = tqdm(total=total, initial=initial, desc=desc, disable=not show, leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def training_device(cfg: TrainConfig) -> torch.device:
@@ -373,27 +385,6 @@ def _wrap(model: nn.Module, device: torch.device, source: BatchSource) -> nn.Mod
             forward_sync_buffers=False,  # BatchNorm statistics stay per rank (see above)
         ),
     )
-
-
-def _load(path: Path) -> dict | None:
-    """Rank 0 reads the checkpoint (None if there is none) and sends it to every rank."""
-    state = None
-    if distributed.is_main() and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    state = distributed.broadcast(state, "checkpoint")
-    if state is not None and len(state["rng"]) != distributed.world_size():
-        raise ValueError(
-            f"{path} was written by {len(state['rng'])} process(es); resume it with as many "
-            f"(this run has {distributed.world_size()})"
-        )
-    return state
-
-
-def _save(path: Path, state: dict) -> None:
-    def write(tmp: Path) -> None:
-        torch.save(state, tmp)
-
-    atomic_write(path, write)
 
 
 def loss_from_config(loss: LossConfig) -> TripletLoss:
@@ -475,11 +466,3 @@ def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
         return 1.0
 
     return factor
-
-
-def _truncate_log(path: Path, steps: int) -> None:
-    """Keep the first ``steps`` log lines (those the checkpoint covers)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)[:steps]
-    write_text(path, "".join(lines))

@@ -1,8 +1,9 @@
 import math
 
 import pytest
+import torch
 
-from tripletkit import Curriculum, Schedule, TripletLoss, default_curriculum
+from tripletkit import Curriculum, Schedule, TripletLoss, default_curriculum, triplet_loss
 
 
 def test_constant():
@@ -36,11 +37,18 @@ def test_default_goes_from_easy_to_semi_hard():
     assert curriculum.at(50) == {"offset": 0.0} == curriculum.at(99)
 
 
-def test_apply_moves_the_loss_options():
+def test_curriculum_values_go_to_the_loss_per_call_and_leave_it_unchanged():
     loss = TripletLoss()
     curriculum = Curriculum(Schedule("linear", 0.1, 0.0, 10), Schedule("linear", 0.1, 0.3, 10))
-    assert curriculum.apply(loss, 5) == pytest.approx({"offset": 0.05, "margin": 0.2})
-    assert (loss.offset, loss.margin) == pytest.approx((0.05, 0.2))
+    values = curriculum.at(5)
+    assert values == pytest.approx({"offset": 0.05, "margin": 0.2})
+    x = torch.nn.functional.normalize(
+        torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    )
+    y = torch.arange(4).repeat_interleave(3)
+    moved = loss(x, y, **values)[0]
+    assert moved == triplet_loss(x, y, margin=0.2, offset=0.05)[0]
+    assert (loss.offset, loss.margin) == (0.0, 0.2)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +77,6 @@ def test_readme_training_example_runs_the_curriculum_once_over_all_epochs():
     block = next(b for b in blocks if "PKSampler" in b and "curriculum" in b)
     namespace: dict = {}
     exec(compile(block, str(readme), "exec"), namespace)
-    sampler, loss_fn = namespace["sampler"], namespace["loss_fn"]
+    sampler = namespace["sampler"]
     assert namespace["step"] == namespace["epochs"] * len(sampler)
-    assert loss_fn.offset == 0.0  # the schedule reached its end within the run
+    assert namespace["values"] == {"offset": 0.0}  # the schedule reached its end within the run

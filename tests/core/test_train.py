@@ -6,8 +6,8 @@ import torch
 from faces_fixtures import TINY, make_faces
 
 from tripletkit.cli.settings import load_config
-from tripletkit.faces.experiment import train_model
 from tripletkit.faces.images import load_identities
+from tripletkit.faces.scratch import train_model
 
 
 @pytest.fixture()
@@ -93,7 +93,7 @@ def test_people_with_one_image_join_batches_as_negatives(tmp_path):
 
 
 def test_bfloat16_autocast_trains_on_cpu(tmp_path, tiny):
-    from tripletkit.faces.experiment import build_model
+    from tripletkit.faces.scratch import build_model
 
     _, data = tiny
     cfg = load_config(None, [*TINY, "train.epochs=1", "train.amp=true"])
@@ -111,7 +111,7 @@ class ToySource:
     (as a source that mines its negatives again changes its batches): state of its own, which a
     resumed run must continue from."""
 
-    def __init__(self, stateful: bool = True) -> None:
+    def __init__(self, stateful: bool = True, noisy: bool = False) -> None:
         from tripletkit.sampling import ShuffledBatches
 
         gen = torch.Generator().manual_seed(0)
@@ -119,13 +119,17 @@ class ToySource:
         self.labels = torch.arange(24) % 6
         self.sampler = ShuffledBatches(24, 8, seed=0)
         self.shift = 0.0
+        self.noisy = noisy  # noise from torch's global generator, as dropout draws it
         if not stateful:
             self.state_dict = None  # hides the hooks: a source without state of its own
 
     def loss(self, model, loss_fn, indices, gen, step):
         if step % 2 == 1:
             self.shift += 0.5
-        return loss_fn(model(self.x[indices] + self.shift), self.labels[indices])
+        x = self.x[indices] + self.shift
+        if self.noisy:
+            x = x + 0.3 * torch.randn(x.shape)
+        return loss_fn(model(x), self.labels[indices])
 
     def state_dict(self):
         return {"shift": self.shift}
@@ -229,3 +233,40 @@ def test_a_curriculum_moves_no_offset_for_strategies_without_one():
         )
     semi = curriculum_from_config(LossConfig(mining="semi-hard", curriculum="default"))(100)
     assert semi is not None and semi.at(0)["offset"] == 0.1
+
+
+def test_resume_restores_the_global_random_state(tmp_path):
+    """Regression (the other resume tests drew no random numbers, so they passed with the RNG
+    restore removed): a source that draws from torch's global generator, as dropout does,
+    trains to the same weights resumed as uninterrupted."""
+    straight, _ = toy_fit(tmp_path / "a", source=ToySource(noisy=True))
+    toy_fit(tmp_path / "b", source=ToySource(noisy=True), stop_after_epoch=0)
+    resumed, _ = toy_fit(tmp_path / "b", source=ToySource(noisy=True), resume=True)
+    assert torch.equal(straight.weight, resumed.weight)
+    # and the check has teeth: without the checkpoint's RNG state the weights differ
+    toy_fit(tmp_path / "c", source=ToySource(noisy=True), stop_after_epoch=0)
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    state["rng"] = [torch.manual_seed(123).get_state()]
+    torch.save(state, tmp_path / "c" / "checkpoint.pt")
+    other, _ = toy_fit(tmp_path / "c", source=ToySource(noisy=True), resume=True)
+    assert not torch.equal(straight.weight, other.weight)
+
+
+def test_evaluation_curve_reads_as_if_never_interrupted(tmp_path):
+    """Regression: a resumed run's curve lost every point before the resume ([0..8] became
+    [0, 5, 6, 7, 8]), as the search arms' dev_curve.jsonl and the fine-tuning's val_log.jsonl
+    did."""
+    from tripletkit.train import Evaluation
+
+    def evaluation():
+        return Evaluation(
+            lambda m: {"norm": float(m.weight.detach().norm())}, every=2, file="curve.jsonl"
+        )
+
+    toy_fit(tmp_path / "a", evaluation=evaluation())
+    toy_fit(tmp_path / "b", evaluation=evaluation(), stop_after_epoch=0)
+    toy_fit(tmp_path / "b", evaluation=evaluation(), resume=True)
+    curve_a = [json.loads(x) for x in (tmp_path / "a" / "curve.jsonl").read_text().splitlines()]
+    curve_b = [json.loads(x) for x in (tmp_path / "b" / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve_a] == [0, 2, 4, 6, 8, 9]  # 3 epochs of 3 steps
+    assert curve_a == curve_b

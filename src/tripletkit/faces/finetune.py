@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import write_text
-from ..losses import TripletLoss, TripletStats
+from ..losses import TripletStats
 from ..sampling import PKSampler
-from ..train import curriculum_from_config, fit, loss_from_config
+from ..train import Evaluation, StepLoss, curriculum_from_config, fit, loss_from_config
 from . import metrics
 from .config import FacesConfig
 from .dlib_resnet import LEVELS, DlibResNet
@@ -115,7 +113,7 @@ class FeatureBatches:
     def loss(
         self,
         model: nn.Module,
-        loss_fn: TripletLoss,
+        loss_fn: StepLoss,
         indices: list[int],
         gen: torch.Generator,
         step: int,
@@ -185,34 +183,26 @@ def finetune(
     net.requires_grad_(False)
     tail = Tail(net, start)
     tail.requires_grad_(True)
-    curve: list[dict[str, float]] = []
-
-    def log_val(step: int, model: nn.Module) -> None:
-        every = cfg.model.eval_every
-        if val and (step == 0 or (every and step % every == 0)):
-            curve.append({"step": step, **validation_scores(model, val)})
-            model.train()
-
-    log_val(0, tail)
-    result = fit(
+    evaluation = None
+    if val:
+        evaluation = Evaluation(
+            lambda model: validation_scores(model, val), cfg.model.eval_every, "val_log.jsonl"
+        )
+    fit(
         tail,
         loss_from_config(cfg.loss),
         FeatureBatches(features, labels, cfg),
         cfg.train,
         out_dir,
         curriculum=curriculum_from_config(cfg.loss),
+        evaluation=evaluation,
         resume=resume,
         progress=progress,
         desc=f"fine-tuning {out_dir.name}",
-        on_step=log_val,
         settings={
             "loss": dataclasses.asdict(cfg.loss),
             "model": dataclasses.asdict(cfg.model),
             "features": list(features.shape),
         },
     )
-    if val and (not curve or curve[-1]["step"] != result.steps):
-        curve.append({"step": result.steps, **validation_scores(tail, val)})
-    if curve:
-        write_text(out_dir / "val_log.jsonl", "".join(json.dumps(r) + "\n" for r in curve))
     return net.eval()

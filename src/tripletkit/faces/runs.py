@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from .._io import write_json
+from ..checkpoint import RUN_ONLY_KEYS, flatten, settings_hash
 from ..config import to_dict
-from ..train import RUN_ONLY_KEYS, flatten, settings_hash
 from .config import DataConfig, FacesConfig
 from .images import ImageSet, identity_folds
 

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..losses import TripletLoss, TripletStats
+from ..losses import TripletStats
 from ..sampling import PKSampler
-from ..train import curriculum_from_config, fit, loss_from_config
+from ..train import StepLoss, curriculum_from_config, fit, loss_from_config
 from .cnn import ResNetEmbedder
 from .config import FacesConfig
 from .images import ImageSet, augment, to_float
@@ -59,7 +59,7 @@ class FaceBatches:
     def loss(
         self,
         model: torch.nn.Module,
-        loss_fn: TripletLoss,
+        loss_fn: StepLoss,
         indices: list[int],
         gen: torch.Generator,
         step: int,

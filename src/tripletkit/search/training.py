@@ -21,7 +21,6 @@ evaluation and the tables (:mod:`~tripletkit.search.evaluation`,
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ from torch import Tensor
 
 from .. import distributed
 from ..config import to_dict, write_config
-from ..losses import TripletLoss, TripletStats
+from ..losses import TripletStats
 from ..sampling import ShuffledBatches
-from ..train import curriculum_from_config, fit, loss_from_config
+from ..train import Evaluation, StepLoss, curriculum_from_config, fit, loss_from_config
 from . import metrics
 from .arms import TRAINED, arm_folder, check_config, mining_config, seeds_of, training_view
 from .config import SearchConfig
@@ -115,7 +114,7 @@ class SearchBatches:
     def loss(
         self,
         model: torch.nn.Module,
-        loss_fn: TripletLoss,
+        loss_fn: StepLoss,
         indices: list[int],
         gen: torch.Generator,
         step: int,
@@ -200,26 +199,20 @@ def train_arm(
     if mining is not None and cfg.negatives.remine_every:
         remine = remine_with(data, qrels, cfg, mining, progress)
     source = SearchBatches(data, qrels, negatives, cfg, remine)
-    on_step = None
+    evaluation = None
     if cfg.eval_every:
-        curve = _dev_curve(data, cfg, out / "dev_curve.jsonl")
-        curve(0, model)
-
-        def on_step(step: int, m: torch.nn.Module) -> None:
-            if step % cfg.eval_every == 0:
-                curve(step, m)
-
-    result = fit(
+        evaluation = Evaluation(dev_score(data, cfg), cfg.eval_every, "dev_curve.jsonl")
+    fit(
         model,
         loss_from_config(cfg.loss),
         source,
         cfg.train,
         out,
         curriculum=curriculum_from_config(cfg.loss),
+        evaluation=evaluation,
         resume=resume,
         progress=progress,
         desc=arm,
-        on_step=on_step,
         settings={
             "arm": arm,
             "seed": cfg.train.seed,
@@ -228,34 +221,25 @@ def train_arm(
             "model": dataclasses.asdict(cfg.model),
         },
     )
-    if cfg.eval_every and result.steps % cfg.eval_every:
-        curve(result.steps, model)
     if distributed.is_main():
         save_encoder(model, out / "model")
 
 
-def _dev_curve(data: Retrieval, cfg: SearchConfig, path: Path) -> Callable[[int, Any], None]:
+def dev_score(data: Retrieval, cfg: SearchConfig) -> Callable[[Any], dict[str, float]]:
+    """The dev curve's score: nDCG@10 of a model on a fixed dev subset (:func:`dev_subset`),
+    {"ndcg@10": value} on rank 0 ({} on the others, which encode their shards)."""
     qids, docs = dev_subset(data, cfg)
     qrels = {q: data.split(cfg.data.dev_split)[q] for q in qids}
     ids = [data.corpus.ids[i] for i in docs]
     texts = [data.corpus.texts[i] for i in docs]
-    main = distributed.is_main()
-    if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
 
-    def point(step: int, model: Any) -> None:
-        was_training = model.training
-        model.eval()
+    def score(model: Any) -> dict[str, float]:
         d = encode_sharded(model, texts, cfg, False)
         q = encode_sharded(model, [data.queries[i] for i in qids], cfg, False)
-        if main:
-            hits = Index.build(d, ids).search_ids(q, TOP_K)
-            run = {qid: dict(h) for qid, h in zip(qids, hits, strict=True)}
-            score = metrics.ir_scores(run, qrels)["ndcg@10"]
-            with path.open("a") as f:
-                f.write(json.dumps({"step": step, "ndcg@10": score}) + "\n")
-        if was_training:
-            model.train()
+        if not distributed.is_main():
+            return {}
+        hits = Index.build(d, ids).search_ids(q, TOP_K)
+        run = {qid: dict(h) for qid, h in zip(qids, hits, strict=True)}
+        return {"ndcg@10": metrics.ir_scores(run, qrels)["ndcg@10"]}
 
-    return point
+    return score
