@@ -2,7 +2,14 @@
 
 from .curriculum import SCHEDULES, Curriculum, Schedule, default_curriculum
 from .distances import DISTANCES, paired_distances, pairwise_distances
-from .losses import REDUCTIONS, TripletLoss, TripletStats, relevance_triplet_loss, triplet_loss
+from .losses import (
+    REDUCTIONS,
+    TripletLoss,
+    TripletStats,
+    cross_triplet_loss,
+    relevance_triplet_loss,
+    triplet_loss,
+)
 from .mining import FALLBACKS, STRATEGIES, Relevance, Triplets, mine, release_workspace
 from .sampling import PKSampler
 
@@ -22,6 +29,7 @@ __all__ = [
     "TripletStats",
     "Triplets",
     "__version__",
+    "cross_triplet_loss",
     "default_curriculum",
     "mine",
     "paired_distances",

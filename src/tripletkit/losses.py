@@ -26,7 +26,7 @@ every strategy, and the distance matrix's own buffer is reused for the gradient'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -179,18 +179,7 @@ def relevance_triplet_loss(
         The 0-d loss and a :class:`TripletStats`.
     """
     check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
-    check_embeddings(queries, "queries")
-    check_embeddings(documents, "documents")
-    if queries.shape[1] != documents.shape[1]:
-        raise ValueError(
-            f"queries and documents must have the same dimension, got "
-            f"{queries.shape[1]} and {documents.shape[1]}"
-        )
-    if queries.dtype != documents.dtype or queries.device != documents.device:
-        raise ValueError(
-            f"queries and documents must have the same dtype and device, got "
-            f"{queries.dtype} on {queries.device} and {documents.dtype} on {documents.device}"
-        )
+    _check_pair(queries, documents, "queries", "documents")
     if (
         not isinstance(relevant, Tensor)
         or relevant.dtype != torch.bool
@@ -201,14 +190,78 @@ def relevance_triplet_loss(
             f"relevant must be a bool tensor of shape ({len(queries)}, "
             f"{len(documents)}), got {shape}"
         )
-    q, d = _as_float(queries), _as_float(documents)
     options = _Options(float(margin), mining, float(offset), fallback, distance, soft, reduction)
+    mask = relevant.to(queries.device)
+    return _rectangular(queries, documents, lambda: Relevance.from_mask(mask), options)
+
+
+def cross_triplet_loss(
+    anchors: Tensor,
+    labels: Tensor | Sequence[int] | np.ndarray,
+    candidates: Tensor,
+    candidate_labels: Tensor | Sequence[int] | np.ndarray,
+    *,
+    margin: float = 0.2,
+    mining: str = "semi-hard",
+    offset: float = 0.0,
+    fallback: str = "skip",
+    distance: str = "squared",
+    soft: bool = False,
+    reduction: str = "mean",
+) -> tuple[Tensor, TripletStats]:
+    """Triplet loss between two embedding sets: anchors on one side, positives and negatives
+    on the other (query-side against gallery-side embeddings, a student's against a teacher's).
+
+    A triplet (a, p, n) has labels[a] == candidate_labels[p] and labels[a] !=
+    candidate_labels[n]; the (A, C) distance matrix between the sets is mined like a square
+    one (see :mod:`tripletkit.mining`), with no diagonal to leave out: a candidate that is the
+    anchor's own example seen otherwise (the same face through another camera) is a positive.
+    Options and statistics as in :func:`triplet_loss`; either set may carry gradient (a
+    frozen teacher's embeddings need not).
+
+    Args:
+        anchors: (A, d) embeddings.
+        labels: (A,) integer labels of the anchors.
+        candidates: (C, d) embeddings of the other side.
+        candidate_labels: (C,) integer labels of the candidates.
+
+    Returns:
+        The 0-d loss and a :class:`TripletStats`.
+    """
+    check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
+    _check_pair(anchors, candidates, "anchors", "candidates")
+    rows = check_batch(anchors, labels)
+    cols = as_labels(candidate_labels, len(candidates), "candidate_labels").to(rows.device)
+    options = _Options(float(margin), mining, float(offset), fallback, distance, soft, reduction)
+    return _rectangular(anchors, candidates, lambda: Relevance.from_labels(rows, cols), options)
+
+
+def _check_pair(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Two embedding sets of one dimension, dtype and device."""
+    check_embeddings(a, name_a)
+    check_embeddings(b, name_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same dimension, got {a.shape[1]} and {b.shape[1]}"
+        )
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same dtype and device, got "
+            f"{a.dtype} on {a.device} and {b.dtype} on {b.device}"
+        )
+
+
+def _rectangular(
+    rows: Tensor, cols: Tensor, structure: Callable[[], Relevance], options: _Options
+) -> tuple[Tensor, TripletStats]:
+    """The loss over the (R, C) distances between ``rows`` and ``cols``."""
+    q, d = _as_float(rows), _as_float(cols)
     with _full_precision(q):
         with torch.no_grad():
-            dist = pairwise_distances(q.detach(), d.detach(), distance=distance)
+            dist = pairwise_distances(q.detach(), d.detach(), distance=options.distance)
             check_finite(dist, _too_large(q, d))
-            structure = Relevance.from_mask(relevant.to(q.device))
-        loss, stats = _loss(q, d, dist, structure, options)
+            relevance = structure()
+        loss, stats = _loss(q, d, dist, relevance, options)
     return loss, stats
 
 
@@ -339,6 +392,32 @@ class TripletLoss(nn.Module):
             queries,
             documents,
             relevant,
+            margin=self.margin if margin is None else margin,
+            mining=self.mining,
+            offset=self.offset if offset is None else offset,
+            fallback=self.fallback,
+            distance=self.distance,
+            soft=self.soft,
+            reduction=self.reduction,
+        )
+
+    def cross(
+        self,
+        anchors: Tensor,
+        labels: Tensor,
+        candidates: Tensor,
+        candidate_labels: Tensor,
+        *,
+        margin: float | None = None,
+        offset: float | None = None,
+    ) -> tuple[Tensor, TripletStats]:
+        """:func:`cross_triplet_loss` with these options (``margin`` and ``offset`` as in
+        :meth:`forward`)."""
+        return cross_triplet_loss(
+            anchors,
+            labels,
+            candidates,
+            candidate_labels,
             margin=self.margin if margin is None else margin,
             mining=self.mining,
             offset=self.offset if offset is None else offset,

@@ -218,6 +218,12 @@ class Relevance:
         order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :slots]
         return cls(mask, order, positives, mask.shape[1] - positives, slots)
 
+    @classmethod
+    def from_labels(cls, labels: Tensor, candidate_labels: Tensor) -> Relevance:
+        """From the (A,) labels of the rows and the (C,) labels of the columns of an anchors x
+        candidates matrix: a candidate is a positive of every anchor that shares its label."""
+        return cls.from_mask(labels[:, None] == candidate_labels[None, :])
+
     def positive_slots(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Relevant columns of each row in increasing order: (R, slots) indices and validity."""
         valid = torch.arange(self.slots, device=rows.device) < self.positives[rows, None]
@@ -820,19 +826,24 @@ def mine(
     strategy: str = "semi-hard",
     *,
     relevant: Tensor | None = None,
+    candidate_labels: Tensor | Sequence[int] | np.ndarray | None = None,
     offset: float = 0.0,
     fallback: str = "skip",
 ) -> Triplets:
     """Select triplets from a distance matrix.
 
     Args:
-        distances: (B, B) distances between examples with ``labels``, or (Q, D) distances
-            between queries and documents with ``relevant`` (any dissimilarity; only its order
-            matters).
+        distances: (B, B) distances between examples with ``labels``, (A, C) distances between
+            anchors with ``labels`` and candidates with ``candidate_labels``, or (Q, D)
+            distances between queries and documents with ``relevant`` (any dissimilarity; only
+            its order matters).
         labels: (B,) integer labels (a tensor, NumPy array or list).
         strategy: "all", "hard" or "semi-hard" (see the module docstring).
         relevant: (Q, D) bool, instead of labels: relevant[q, d] makes d a positive of q, and
             never a negative.
+        candidate_labels: (C,) labels of the columns of an (A, C) anchors x candidates matrix
+            (two embedding sets), with ``labels`` those of the rows: a column is a positive of
+            the rows that share its label (none is left out as the row itself).
         offset: semi-hard offset t: negatives must satisfy D[a,n] > D[a,p] + t.
         fallback: semi-hard, when no negative qualifies: "skip", "hardest" or "easiest".
 
@@ -858,6 +869,10 @@ def mine(
                 f"relevant must have the shape of distances {tuple(distances.shape)}, got {shape}"
             )
         structure = Relevance.from_mask(relevant.bool().to(distances.device))
+    elif labels is not None and relevant is None and candidate_labels is not None:
+        rows = as_labels(labels, distances.shape[0]).to(distances.device)
+        cols = as_labels(candidate_labels, distances.shape[1], "candidate_labels")
+        structure = Relevance.from_labels(rows, cols.to(distances.device))
     elif labels is not None and relevant is None:
         if distances.shape[0] != distances.shape[1]:
             raise ValueError(
@@ -866,7 +881,7 @@ def mine(
             )
         structure = label_groups(as_labels(labels, len(distances)).to(distances.device))
     else:
-        raise ValueError("give exactly one of labels and relevant")
+        raise ValueError("give labels (with candidate_labels for two sets) or relevant, not both")
     check_finite(distances)
     with torch.no_grad():
         if strategy == "all":

@@ -70,6 +70,14 @@ class StepLoss:
             queries, documents, relevant, margin=self.margin, offset=self.offset
         )
 
+    def cross(
+        self, anchors: Tensor, labels: Tensor, candidates: Tensor, candidate_labels: Tensor
+    ) -> tuple[Tensor, TripletStats]:
+        """The loss between two embedding sets with this step's values."""
+        return self.loss.cross(
+            anchors, labels, candidates, candidate_labels, margin=self.margin, offset=self.offset
+        )
+
 
 class BatchSource(Protocol):
     """What the loop needs from a task: a sampler, and the loss of a batch (under DDP, of the
