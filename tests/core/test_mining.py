@@ -181,7 +181,11 @@ def test_collapsed_distances_match_oracle(bucketing):
         ((torch.zeros(4, 4),), {"labels": [0, 0, 1]}, r"labels must have shape \(4,\)"),
         ((torch.zeros(4, 4),), {"labels": [0.5, 0, 1, 1]}, "labels must be integers"),
         ((torch.zeros(4, 3),), {"relevant": torch.zeros(4, 4, dtype=torch.bool)}, "relevant"),
-        ((torch.zeros(4, 4),), {}, "exactly one of labels and relevant"),
+        (
+            (torch.zeros(4, 4),),
+            {},
+            r"give labels \(with candidate_labels for two sets\) or relevant, not both",
+        ),
         ((torch.zeros(4, 4),), {"labels": [0, 0, 1, 1], "offset": True}, "offset must be"),
         ((torch.zeros(4, 4),), {"labels": [0, 0, 1, 1], "offset": "0.1"}, "offset must be"),
     ],
