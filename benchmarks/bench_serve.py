@@ -9,6 +9,11 @@ scenario stops at its request count or its time cap, whichever comes first (at m
 not 200, or no answer), whether the answers were right, and how many cores the service
 process kept busy (its CPU time over the wall time, from /proc).
 
+A third scenario is a burst: ``--burst`` (at most 16) large uploads at once (a 24.5-megapixel
+PNG each, just under the pixel cap), sent once; it records how they were answered (200, or 503
+from the photo queue), the service's peak memory over its memory before the burst (VmHWM,
+reset through /proc/PID/clear_refs), and what it still held once the burst was over.
+
 Usage: python benchmarks/bench_serve.py --out benchmarks/serve_cpu.md
 """
 
@@ -173,6 +178,79 @@ def search_sender(queries: list[str], k: int) -> Send:
     return send
 
 
+def large_png(width: int = 4900, height: int = 5000) -> bytes:
+    """24.5 megapixels, RGB, a few hundred kB: 98 MB each time it is decoded whole."""
+    import io
+
+    from PIL import Image
+
+    rows = np.linspace(0, 255, height, dtype=np.uint8)[:, None, None]
+    pixels = np.broadcast_to(rows, (height, width, 3)).copy()
+    pixels[..., 1] = 128
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def memory_mb(pid: int, field: str) -> float:
+    """VmRSS or VmHWM of a process, in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+@dataclass
+class Burst:
+    """The burst's measurements."""
+
+    uploads: int
+    megapixels: float
+    seconds: float = 0.0
+    statuses: dict[int, int] = field(default_factory=dict)
+    before_mb: float = 0.0
+    peak_mb: float = 0.0
+    after_mb: float = 0.0
+
+    def row(self) -> str:
+        answered = ", ".join(f"{n} x {code}" for code, n in sorted(self.statuses.items()))
+        return (
+            f"| {self.uploads} at once, {self.megapixels:.1f} MP PNG each | {answered} | "
+            f"{self.seconds:.1f} | {self.before_mb:.0f} | +{self.peak_mb - self.before_mb:.0f} | "
+            f"+{self.after_mb - self.before_mb:.0f} |"
+        )
+
+
+async def burst(url: str, uploads: int, pid: int) -> Burst:
+    """``uploads`` large identifications at once; memory from /proc before, at the peak, after
+    (the last once the service has been idle for a second)."""
+    import httpx
+
+    data = large_png()
+    result = Burst(uploads, 4900 * 5000 / 1e6)
+    limits = httpx.Limits(max_connections=uploads)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
+        result.before_mb = memory_mb(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+        async def one() -> int:
+            files = {"image": ("large.png", data, "image/png")}
+            try:
+                return (await client.post("/api/faces/identify", files=files)).status_code
+            except httpx.HTTPError:
+                return 0
+
+        start = time.perf_counter()
+        codes = await asyncio.gather(*(one() for _ in range(uploads)))
+        result.seconds = time.perf_counter() - start
+    result.peak_mb = memory_mb(pid, "VmHWM")
+    await asyncio.sleep(1.0)
+    result.after_mb = memory_mb(pid, "VmRSS")
+    for code in codes:
+        result.statuses[code] = result.statuses.get(code, 0) + 1
+    return result
+
+
 def identify_sender(photos: list[tuple[str, bytes]]) -> Send:
     async def send(client: Any, i: int) -> tuple[int, bool]:
         person, data = photos[i % len(photos)]
@@ -229,7 +307,9 @@ def cpu_model() -> str:
         return platform.machine()
 
 
-def table(results: list[Result], args: argparse.Namespace, health: dict, load1: float) -> str:
+def table(
+    results: list[Result], bursts: list[Burst], args: argparse.Namespace, health: dict, load1: float
+) -> str:
     now = datetime.datetime.now(datetime.timezone.utc)
     lines = [
         "# `tripletkit serve` under load (CPU)",
@@ -259,6 +339,16 @@ def table(results: list[Result], args: argparse.Namespace, health: dict, load1: 
         "|---|---|---|---|---|---|---|---|---|---|",
         *(r.row() for r in results),
         "",
+        f"Burst: {args.burst} identifications of a large photo sent at once, after the "
+        "scenarios above (the service decodes and detects 2 photos at a time, at detection "
+        "size; up to 32 more wait their turn, more get 503 with Retry-After). Memory is the "
+        "service process's resident set: before the burst, its peak during the burst over "
+        "that, and what it still held a second after.",
+        "",
+        "| burst | answers | seconds | MB before | peak MB | held after, MB |",
+        "|---|---|---|---|---|---|",
+        *(b.row() for b in bursts),
+        "",
         f"Load average when the run started: {load1:.1f} on {os.cpu_count()} cores.",
     ]
     if args.note:
@@ -278,12 +368,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-requests", type=int, default=3000)
     p.add_argument("--identify-requests", type=int, default=600)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--burst", type=int, default=16, help="large uploads at once (0: none)")
     p.add_argument("--note", default="", help="a line added under the table")
     args = p.parse_args(argv)
     if not 1 <= args.connections <= MAX_CONNECTIONS:
         p.error(f"--connections must be in 1..{MAX_CONNECTIONS}")
     if not 0 < args.seconds <= MAX_SECONDS:
         p.error(f"--seconds must be in (0, {MAX_SECONDS:.0f}]")
+    if not 0 <= args.burst <= MAX_CONNECTIONS:
+        p.error(f"--burst must be in 0..{MAX_CONNECTIONS}")
     return args
 
 
@@ -311,10 +404,15 @@ def main(argv: list[str] | None = None) -> None:
                     asyncio.run(load(url, send, result, total, args.seconds, server.pid))
                 )
                 log(results[-1].row())
+            bursts = []
+            if args.burst:
+                log(f"burst: {args.burst} large uploads at once")
+                bursts.append(asyncio.run(burst(url, args.burst, server.pid)))
+                log(bursts[-1].row())
         finally:
             server.terminate()
             server.wait(timeout=60)
-    write_text(args.out, table(results, args, health, load1))
+    write_text(args.out, table(results, bursts, args, health, load1))
     log(f"-> {args.out}")
 
 

@@ -3,9 +3,11 @@ against the real service in a subprocess (uvicorn on 127.0.0.1) over a small ind
 the real MiniLM and a gallery with the real dlib detector and descriptor.
 
 Search, enroll a person from two photos, identify a third photo of them and a photo of someone
-else, delete the person; screenshots at desktop and phone width go to the test's folder and,
-when ``$TRIPLETKIT_SCREENSHOTS`` names a folder, there too. Without chromium the test skips,
-except under CI (``CI=true``), where it fails.
+else, compare two photos, rename and delete people; the people listed in a person's order
+(numbers by value, case and accents aside); the index build's progress and a failed upload as
+the page shows them; the API docs offline. Screenshots at desktop and phone width go to the
+test's folder and, when ``$TRIPLETKIT_SCREENSHOTS`` names a folder, there too. Without chromium
+the tests skip, except under CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
@@ -68,13 +70,16 @@ def make_index(folder: Path) -> Path:
     """DOCS encoded with the real MiniLM, saved as ``tripletkit index`` would (and with
     ``texts.json``, so results have snippets)."""
     from tripletkit.search.encoder import default_model_path, encode, load_encoder
+    from tripletkit.search.encodings import model_fingerprint
     from tripletkit.search.index import Index
 
     path = default_model_path()
     ids = list(DOCS)
-    vectors = encode(load_encoder(path, 128), [DOCS[d][1] for d in ids], progress=False)
+    model = load_encoder(path, 128)
+    vectors = encode(model, [DOCS[d][1] for d in ids], progress=False)
+    encoder = {"path": str(path), "max_seq_length": 128, "fingerprint": model_fingerprint(model)}
     extra = {
-        "encoder.json": json.dumps({"path": str(path), "max_seq_length": 128}),
+        "encoder.json": json.dumps(encoder),
         "titles.json": json.dumps({d: DOCS[d][0] for d in ids}),
         "texts.json": json.dumps({d: DOCS[d][1] for d in ids}),
     }
@@ -104,13 +109,30 @@ def wait_ready(url: str, server: subprocess.Popen[str], timeout: float = 300) ->
     raise TimeoutError(f"{url}/health not ready after {timeout} s")
 
 
+# enrolled before the service starts, one face each (random embeddings: nobody's photo)
+OTHERS = ["s10", "Zoë", "s2", "émile"]
+LISTED = ["Barack Obama", "émile", "s2", "s10", "Zoë"]  # as a person sorts them
+
+
+def enroll_others(folder: Path) -> None:
+    import numpy as np
+
+    from tripletkit.serve.gallery import Gallery
+
+    rng = np.random.default_rng(0)
+    with Gallery.open(folder, 128) as gallery:
+        for name in OTHERS:
+            gallery.enroll(name, rng.normal(size=(1, 128)).astype(np.float32))
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of ``tripletkit serve`` over a small index and an empty dlib gallery."""
+    """The URL of ``tripletkit serve`` over a small index and a dlib gallery of OTHERS."""
     need_browser()
     pytest.importorskip("dlib")
     root = tmp_path_factory.mktemp("service")
     index = make_index(root / "index")
+    enroll_others(root / "gallery")
     port = free_port()
     code = (
         "from tripletkit.serve import serve; "
@@ -288,8 +310,8 @@ def test_search_enroll_identify_and_delete_in_chromium(
     paths = f"{pics['obama.jpg']}\n{pics['obama2.jpg']}"
     browser.find_element("id", "enroll-files").send_keys(paths)
     click(browser, "#enroll-submit")
-    wait_for(browser, lambda d: texts(d, "#people .person-name") == ["Barack Obama"], "enrolled")
-    wait_for(browser, lambda d: "2 faces enrolled" in d.find_element("id", "status").text, "count")
+    wait_for(browser, lambda d: texts(d, "#people .person-name") == LISTED, "enrolled, in order")
+    wait_for(browser, lambda d: "6 faces enrolled" in d.find_element("id", "status").text, "count")
     thumbs = "return [...document.querySelectorAll('#people .thumbs img')].map(i => i.naturalWidth)"
     wait_for(browser, lambda d: d.execute_script(thumbs) == [96, 96], "two thumbnails")
     shoot(browser, shots, "gallery-desktop", DESKTOP)
@@ -311,11 +333,11 @@ def test_search_enroll_identify_and_delete_in_chromium(
 
     # delete him (the page asks first)
     show(browser, "gallery")
-    wait_for(browser, lambda d: texts(d, "#gallery-info") == ["1 person"], "the gallery")
-    click(browser, ".person .delete")
+    wait_for(browser, lambda d: texts(d, "#gallery-info") == ["5 people"], "the gallery")
+    click(browser, '.person[data-name="Barack Obama"] .delete')
     browser.switch_to.alert.accept()
-    wait_for(browser, lambda d: not texts(d, "#people .person-name"), "the person deleted")
-    wait_for(browser, lambda d: "0 faces enrolled" in d.find_element("id", "status").text, "count")
+    wait_for(browser, lambda d: texts(d, "#people .person-name") == LISTED[1:], "him deleted")
+    wait_for(browser, lambda d: "4 faces enrolled" in d.find_element("id", "status").text, "count")
     assert "Deleted Barack Obama" in browser.find_element("id", "gallery-info").text
     assert sorted(p.name for p in shots.iterdir()) == sorted(
         f"{n}.png" for n in ("search-desktop", "search-phone", "gallery-desktop",
@@ -360,3 +382,109 @@ def test_without_chromium_ci_fails_and_elsewhere_skips(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
         need_browser()
+
+
+# --- issue 20, item 9: verify, rename, order, a failed upload; item 8: progress; item 7: docs --
+
+
+def test_compare_two_photos_rename_a_person_and_a_failed_upload_in_chromium(
+    service: str, browser: Any, tmp_path: Path
+) -> None:
+    pics = photos()
+    shots = tmp_path / "screenshots"
+    browser.get(service)
+    wait_for(browser, lambda d: d.find_element("id", "status").text.startswith("ready"), "ready")
+
+    show(browser, "verify")
+    info = "#verify-info"
+    browser.find_element("id", "verify-a").send_keys(str(pics["obama.jpg"]))
+    browser.find_element("id", "verify-b").send_keys(str(pics["obama2.jpg"]))
+    click(browser, "#verify-submit")
+    wait_for(browser, lambda d: texts(d, info)[0].startswith("Same person: distance"), "same")
+    shoot(browser, shots, "verify-desktop", DESKTOP)
+    shoot(browser, shots, "verify-phone", PHONE)
+    no_sideways_scroll(browser, PHONE[0])
+    browser.find_element("id", "verify-b").send_keys(str(pics["biden.jpg"]))
+    click(browser, "#verify-submit")
+    wait_for(browser, lambda d: texts(d, info)[0].startswith("Different people"), "different")
+
+    show(browser, "gallery")
+    wait_for(browser, lambda d: texts(d, "#people .person-name")[:1] == ["émile"], "the people")
+    click(browser, '.person[data-name="Zoë"] .rename')
+    browser.switch_to.alert.send_keys("Ada Zoë")
+    browser.switch_to.alert.accept()
+    renamed = ["Ada Zoë", "émile", "s2", "s10"]
+    wait_for(browser, lambda d: texts(d, "#people .person-name") == renamed, "renamed, re-sorted")
+    assert texts(browser, "#gallery-info") == ["Renamed Zoë to Ada Zoë."]
+
+    # a file that is not a photo: the error, in red, and no broken image left behind
+    show(browser, "identify")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    browser.find_element("id", "photo-input").send_keys(str(notes))
+    wait_for(browser, lambda d: "not an image file" in texts(d, "#identify-info")[0], "refused")
+    assert "bad" in browser.find_element("id", "identify-info").get_attribute("class")
+    assert browser.find_elements("css selector", "#identify-result img") == []
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+            and "/api/faces/identify" not in e["message"]] == []  # fmt: skip
+
+
+BUILDING = {
+    "status": "loading", "search": False, "faces": True, "documents": None,
+    "faces_enrolled": 4, "detail": "search: building (encoding the corpus: 2,048 of 10,033)",
+    "parts": {
+        "search": {"status": "building", "detail": "encoding the corpus: 2,048 of 10,033 "
+                   "documents (20%)", "done": 2048, "total": 10033},
+        "faces": {"status": "ready", "detail": None, "done": None, "total": None},
+    },
+}  # fmt: skip
+FAKE_HEALTH = """
+    // /health answers what window.fakeHealth holds (503), while it holds something
+    const realFetch = window.fetch.bind(window);
+    window.fakeHealth = %s;
+    window.fetch = (url, options) => window.fakeHealth && String(url) === "/health"
+        ? Promise.resolve(new Response(JSON.stringify(window.fakeHealth),
+            { status: 503, headers: { "content-type": "application/json" } }))
+        : realFetch(url, options);
+"""
+
+
+def test_the_page_shows_the_index_build_as_progress_not_as_an_error(
+    service: str, browser: Any, tmp_path: Path
+) -> None:
+    """While the index builds, /health is 503 "loading": the page said so in red, as a failure,
+    and showed no progress. The build is what /health reports (the service's own answer is
+    tested in tests/serve/test_serve_api.py); here the page's rendering of it."""
+    script = FAKE_HEALTH % json.dumps(BUILDING)
+    added = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+    browser.get(service)
+    status = lambda d: d.find_element("id", "status")  # noqa: E731
+    wait_for(browser, lambda d: "building the search index: 20%" in status(d).text, "progress")
+    assert "(2,048 of 10,033 documents)" in status(browser).text
+    assert "4 faces enrolled" in status(browser).text
+    assert "bad" not in status(browser).get_attribute("class")
+    assert "busy" in status(browser).get_attribute("class")
+    search_info = browser.find_element("id", "search-info")
+    assert "Search is not ready yet" in search_info.text
+    assert "bad" not in search_info.get_attribute("class")
+    shoot(browser, tmp_path / "screenshots", "building-desktop", DESKTOP)
+    browser.execute_script("window.fakeHealth = null")  # the build is done: the real /health
+    wait_for(browser, lambda d: status(d).text.startswith("ready · 8 documents"), "ready")
+    assert "busy" not in status(browser).get_attribute("class")
+    assert search_info.text == "The search index is ready."
+    failed = {**BUILDING, "status": "failed", "detail": "search: failed (ValueError: broken)"}
+    browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", added)
+    script = FAKE_HEALTH % json.dumps(failed)
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+    browser.refresh()
+    wait_for(browser, lambda d: "ValueError: broken" in status(d).text, "the failure")
+    assert "bad" in status(browser).get_attribute("class")
+
+
+def test_the_api_docs_render_offline_without_console_errors(service: str, browser: Any) -> None:
+    """/docs was a blank page offline: Swagger UI came from a CDN."""
+    browser.get(f"{service}/docs")
+    paths = "return [...document.querySelectorAll('.opblock-summary-path')].map(e => e.innerText)"
+    wait_for(browser, lambda d: "/api/search" in d.execute_script(paths), "the operations")
+    assert "/api/faces/enroll" in browser.execute_script(paths)
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

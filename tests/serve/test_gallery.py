@@ -187,7 +187,7 @@ def test_bad_names_are_refused_with_the_rule(tmp_path, name, message):
 
 def test_names_never_touch_the_file_system(tmp_path):
     with Gallery.open(tmp_path / "g", DIM) as g:
-        g.enroll("..", unit(np.random.default_rng(0), 1))
+        g.enroll("...", unit(np.random.default_rng(0), 1))
         g.enroll("~root", unit(np.random.default_rng(1), 1))
     allowed = {DB_FILE, INDEX_FILE, INDEX_META, "gallery.lock", f"{DB_FILE}-wal", f"{DB_FILE}-shm"}
     assert {p.name for p in (tmp_path / "g").iterdir()} <= allowed
@@ -378,3 +378,122 @@ def test_every_acknowledged_enrollment_survives_a_kill_9_at_a_random_moment(tmp_
     expected = sum(1 + i % 3 for i in range(acked + 1))
     assert len(faces) >= expected  # every acknowledged one, maybe one more in flight
     assert len(faces) <= expected + 3
+
+
+# --- issue 20: names, retries, file modes ------------------------------------------------------
+
+
+def test_gallery_files_are_readable_by_their_owner_only(tmp_path):
+    """Face embeddings and thumbnails are biometric data: 0600 files in a 0700 folder, whatever
+    the umask, and an older gallery's files are tightened when it opens."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with Gallery.open(tmp_path / "g", DIM) as g:
+            g.enroll("Ada", unit(np.random.default_rng(0), 2))
+        files = sorted((tmp_path / "g").iterdir())
+        assert {p.name for p in files} >= {DB_FILE, INDEX_FILE, INDEX_META, "gallery.lock"}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert modes == dict.fromkeys(modes, 0o600)
+        assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o700
+        (tmp_path / "g" / DB_FILE).chmod(0o644)  # as an older version left it
+        Gallery.open(tmp_path / "g", DIM).close()
+        assert stat.S_IMODE((tmp_path / "g" / DB_FILE).stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_names_are_one_person_whatever_their_case_or_width(tmp_path):
+    rng = np.random.default_rng(10)
+    with Gallery.open(tmp_path, DIM) as g:
+        g.enroll("s1", unit(rng, 1))
+        assert g.enroll("S1", unit(rng, 1)).name == "s1"
+        assert len(g.enroll("Ｓ１", unit(rng, 1)).faces) == 3
+        assert [p.name for p in g.people()] == ["s1"]
+        assert g.person("Ｓ１").name == "s1"
+        assert g.rename("S1", "S1").name == "S1"  # a person may change the case of their name
+        g.enroll("s2", unit(rng, 1))
+        with pytest.raises(GalleryError, match="a person named 'S1' exists already"):
+            g.rename("s2", "ｓ１")
+        assert g.delete("s1") == 3
+
+
+@pytest.mark.parametrize("name", [".", "..", "‥", "．"])
+def test_dot_names_are_refused(name):
+    with pytest.raises(GalleryError, match="dropped from URLs"):
+        check_name(name)
+
+
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                     created REAL NOT NULL);
+CREATE TABLE faces (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    person INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+                    embedding BLOB NOT NULL, box TEXT, source TEXT, thumbnail BLOB,
+                    created REAL NOT NULL);
+INSERT INTO meta VALUES ('dim', '8'), ('version', '2');
+"""
+
+
+def old_gallery(folder: Path, names: list[str]) -> None:
+    """A gallery as the version before name keys wrote it."""
+    folder.mkdir()
+    db = sqlite3.connect(folder / DB_FILE)
+    db.executescript(OLD_SCHEMA)
+    rng = np.random.default_rng(11)
+    for i, name in enumerate(names, 1):
+        db.execute("INSERT INTO people (id, name, created) VALUES (?, ?, 0)", (i, name))
+        blob = unit(rng, 1)[0].astype("<f4").tobytes()
+        db.execute("INSERT INTO faces (person, embedding, created) VALUES (?, ?, 0)", (i, blob))
+    db.commit()
+    db.close()
+
+
+def test_a_gallery_of_the_older_version_opens_with_its_names_compared_the_new_way(tmp_path):
+    old_gallery(tmp_path / "g", ["s1", "Bob"])
+    with Gallery.open(tmp_path / "g", DIM) as g:
+        assert [p.name for p in g.people()] == ["Bob", "s1"]
+        assert g.person("S1").name == "s1"
+        assert len(g.enroll("S1", unit(np.random.default_rng(12), 1)).faces) == 2
+    assert len(assert_consistent(tmp_path / "g")) == 3
+
+
+def test_an_older_gallery_whose_names_now_clash_is_refused_naming_them(tmp_path):
+    old_gallery(tmp_path / "g", ["s1", "S1", "Bob"])
+    with pytest.raises(GalleryError, match="the people s1, S1 differ only in case") as err:
+        Gallery.open(tmp_path / "g", DIM)
+    assert "UPDATE people SET name" in str(err.value)
+    db = sqlite3.connect(tmp_path / "g" / DB_FILE)  # nothing was changed
+    assert [r[0] for r in db.execute("SELECT key FROM people")] == [None, None, None]
+    db.execute("UPDATE people SET name = 'S1 (2)' WHERE name = 'S1'")  # the fix it names
+    db.commit()
+    db.close()
+    with Gallery.open(tmp_path / "g", DIM) as g:
+        assert [p.name for p in g.people()] == ["Bob", "s1", "S1 (2)"]
+
+
+def test_enroll_once_stores_a_request_key_once(tmp_path):
+    rng = np.random.default_rng(13)
+    faces = unit(rng, 2)
+    with Gallery.open(tmp_path, DIM) as g:
+        first, replayed = g.enroll_once("Ada", faces, "key-1", "digest-a")
+        assert not replayed and len(first.faces) == 2
+        again, replayed = g.enroll_once("Ada", faces, "key-1", "digest-a")
+        assert replayed and again == first and len(g) == 2
+        assert g.replay("key-1", "digest-a") == first
+        assert g.replay("key-2", "digest-a") is None
+        with pytest.raises(GalleryError, match="used for another enrollment") as err:
+            g.enroll_once("Ada", faces, "key-1", "digest-b")
+        assert err.value.kind == "invalid" and len(g) == 2
+        g.delete("Ada")
+        with pytest.raises(GalleryError, match="has been deleted since") as err:
+            g.replay("key-1", "digest-a")
+        assert err.value.kind == "conflict"
+    with (  # kept across a restart
+        Gallery.open(tmp_path, DIM) as g,
+        pytest.raises(GalleryError, match="has been deleted since"),
+    ):
+        g.enroll_once("Ada", faces, "key-1", "digest-a")

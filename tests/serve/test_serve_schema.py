@@ -64,7 +64,7 @@ def api_schema(tmp_path: Path) -> Iterator[Any]:
 
     One app per test: schemathesis starts the app's lifespan on the first request and ends it
     after the test, which closes the app's services."""
-    client = make_client(tmp_path, token=TOKEN)
+    client = make_client(tmp_path, token=TOKEN, allowed_hosts=("testserver", "127.0.0.1"))
     assert enroll(client, "Red", photo(RED), headers=AUTH).status_code == 201
     yield schemathesis.openapi.from_asgi("/openapi.json", client.app)
 

@@ -13,9 +13,12 @@ def add_commands(commands: Any) -> None:
         "serve",
         help="HTTP service and web page: search an index, look up faces in a gallery",
         description="Serve a search index (written by `tripletkit index`), a face gallery, or "
-        "both, with a JSON API (/docs) and a web page (/). Binds 127.0.0.1 unless --host "
-        "says otherwise; enroll, rename and delete need the token in $TRIPLETKIT_SERVE_TOKEN "
-        "when it is set. See docs/serve.md.",
+        "both, with a JSON API (/docs) and a web page (/). It comes up at once and loads (or, "
+        "with --build-index, builds) in the background; /health says how far. Binds 127.0.0.1 "
+        "unless --host says otherwise; enroll, rename and delete need the token in "
+        "$TRIPLETKIT_SERVE_TOKEN when it is set, the faces' reads the one in "
+        "$TRIPLETKIT_SERVE_READ_TOKEN (or the first) when that is set. Exits non-zero when "
+        "loading fails. See docs/serve.md.",
     )
     serve.add_argument("--index", help="index folder written by `tripletkit index`")
     serve.add_argument("--gallery", help="face gallery folder (created when absent)")
@@ -24,6 +27,25 @@ def add_commands(commands: Any) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument(
+        "--build-index",
+        metavar="DATA",
+        help="when --index holds no index yet, build it in the background from DATA ('wiki' or "
+        "a BEIR folder), as `tripletkit index` would; faces are answered meanwhile",
+    )
+    serve.add_argument(
+        "--build-model",
+        metavar="DIR",
+        help="the sentence-transformers encoder of --build-index (default all-MiniLM-L6-v2)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the service is reached under (a reverse proxy's server name), besides "
+        "127.0.0.1, localhost, ::1 and --host; repeatable; '*' accepts any Host",
+    )
     serve.set_defaults(handler=_serve)
 
     enroll = commands.add_parser(
@@ -41,8 +63,20 @@ def add_commands(commands: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..serve.run import serve
+    from ..serve.search import IndexBuild
 
-    serve(args.index, args.gallery, args.model, args.host, args.port)
+    if args.build_model and not args.build_index:
+        raise ValueError("--build-model needs --build-index")
+    build = IndexBuild(args.build_index, args.build_model) if args.build_index else None
+    serve(
+        args.index,
+        args.gallery,
+        args.model,
+        args.host,
+        args.port,
+        build=build,
+        allowed_hosts=tuple(args.allowed_host),
+    )
     return 0
 
 

@@ -8,11 +8,20 @@ The face model is a :class:`tripletkit.faces.models.FaceModel` (the stock pretra
 descriptor, or a model folder written by training): it says what a detected face becomes for
 the network (``prepare``), embeds it (``embed``) and carries its calibrated threshold: two faces
 are the same person when the Euclidean distance of their unit embeddings is at most it.
+
+Photos are decoded at the size detection needs, not at their own (:func:`decode_photo`): a
+JPEG through Pillow's ``draft`` (the decoder's DCT scaling: 1/2, 1/4 or 1/8 of the side), any
+image then shrunk by an integer factor (``Image.reduce``) to at most :data:`DECODE_SIDE`
+pixels on its longer side, twice the :data:`DETECT_SIDE` the
+detector runs at, so that the chips of the smallest faces it finds keep their detail. Boxes are
+given in the pixels of the photo as uploaded (upright).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,12 +30,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..faces.align import best_face, find_faces, load_photo, to_rgb
-from .gallery import FaceRecord, Gallery, Identification, Person, distance_from_similarity
+from .gallery import (
+    FaceRecord,
+    Gallery,
+    Identification,
+    Person,
+    check_name,
+    distance_from_similarity,
+    name_key,
+)
 
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = 25_000_000  # a 24-megapixel camera's photos; decoding one whole takes <= 100 MB
+DETECT_SIDE = 1280  # the detector runs on a copy of at most this longer side (find_faces)
+DECODE_SIDE = 2 * DETECT_SIDE
 Detector = Callable[[Image.Image], list[Any]]  # image -> faces with .box and .chip
 
 
@@ -66,15 +85,48 @@ class PhotoFace:
 
 @dataclass(frozen=True)
 class Photo:
-    """An uploaded photo's size and faces, left to right."""
+    """An uploaded photo's size (upright, as uploaded) and faces, left to right."""
 
     width: int
     height: int
     faces: list[PhotoFace]
 
 
-def decode_photo(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode uploaded bytes as an upright 8-bit RGB image.
+@dataclass(frozen=True)
+class Decoded:
+    """A photo decoded for detection.
+
+    Attributes:
+        image: upright 8-bit RGB, at most the ``max_side`` of :func:`decode_photo` on its
+            longer side.
+        width, height: the upright photo's own size; ``image`` is a scaled copy of it.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+    def to_photo(self, box: Sequence[Any]) -> tuple[int, int, int, int]:
+        """A box in ``image``'s pixels -> the photo's own pixels, clipped to it."""
+        sx, sy = self.width / self.image.width, self.height / self.image.height
+        left, top, right, bottom = (float(v) for v in box)
+        return (
+            min(max(round(left * sx), 0), self.width),
+            min(max(round(top * sy), 0), self.height),
+            min(max(round(right * sx), 0), self.width),
+            min(max(round(bottom * sy), 0), self.height),
+        )
+
+
+_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that turn the photo by 90 degrees
+
+
+def decode_photo(
+    data: bytes, name: str, max_pixels: int = MAX_PIXELS, max_side: int = DECODE_SIDE
+) -> Decoded:
+    """Decode uploaded bytes as an upright 8-bit RGB image of at most ``max_side`` pixels on
+    its longer side (see the module docstring: JPEGs are decoded at a reduced scale, other
+    formats decoded whole and reduced at once).
 
     Only images Pillow identifies are decoded; one of more than ``max_pixels`` pixels is refused
     before it is decoded (Pillow's decompression-bomb guard stays on as well).
@@ -89,13 +141,17 @@ def decode_photo(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as probe:
                 probe.verify()
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_pixels:
-                raise PhotoError(
-                    f"{name}: {image.width} x {image.height} pixels, more than {max_pixels}"
-                )
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            image: Image.Image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PhotoError(f"{name}: {width} x {height} pixels, more than {max_pixels}")
+            swapped = image.getexif().get(ExifTags.Base.Orientation) in _SWAPS_SIDES
+            image = _reduced(image, max_side)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the image
+            upright = image if image.mode == "RGB" else to_rgb(image)
+            if swapped:
+                width, height = height, width
+            return Decoded(upright, width, height)
     except PhotoError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -106,13 +162,65 @@ def decode_photo(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
         raise PhotoError(f"{name}: corrupt or truncated image data ({err})") from err
 
 
-def dlib_detector(detector: str = "hog", upsample: int = 1) -> Detector:
-    """:func:`tripletkit.faces.align.find_faces` with fixed options."""
+def _reduced(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` decoded with its longer side at most ``max_side``: a JPEG at the smallest DCT
+    scale that is not smaller than that (``draft``), then any image shrunk by the integer
+    factor that brings it under (``reduce``: box averages, straight into the smaller image;
+    palette and bilevel images by nearest neighbour, as averaging their indices means
+    nothing)."""
+    width, height = image.size
+    if max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
+    image.load()
+    factor = math.ceil(max(image.size) / max_side)
+    if factor <= 1:
+        return image
+    if image.mode in ("1", "P", "PA"):
+        size = (math.ceil(image.width / factor), math.ceil(image.height / factor))
+        return image.resize(size, Image.Resampling.NEAREST)
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode Pillow does not reduce (16-bit gray): as 8-bit RGB first
+        return to_rgb(image).reduce(factor)
+
+
+def dlib_detector(detector: str = "hog", upsample: int = 1, side: int = DETECT_SIDE) -> Detector:
+    """:func:`tripletkit.faces.align.find_faces` with fixed options (``side``: its
+    ``max_side``)."""
 
     def detect(image: Image.Image) -> list[Any]:
-        return find_faces(image, detector=detector, upsample=upsample)
+        return find_faces(image, detector=detector, upsample=upsample, max_side=side)
 
     return detect
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """An enrollment computed and not yet stored (:meth:`FaceService.prepare_enrollment`).
+
+    Attributes:
+        name: the checked name.
+        records: the faces to store.
+        key, digest: the client's request key (or None) and a digest of the request.
+        replayed: the person stored by an earlier request with ``key`` (then nothing is to
+            be stored), or None.
+    """
+
+    name: str
+    records: list[FaceRecord]
+    key: str | None = None
+    digest: str = ""
+    replayed: Person | None = None
+
+
+def request_digest(name: str, photos: Sequence[tuple[bytes, str]], multiple: bool) -> str:
+    """A digest of what an enrollment request holds: the name's key, ``multiple``, and every
+    photo's bytes in order."""
+    h = hashlib.sha256(f"{name_key(name)}\n{multiple}\n".encode())
+    for data, _ in photos:
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
 
 
 class FaceService:
@@ -125,6 +233,7 @@ class FaceService:
         threshold: distance at or below which two faces are the same person; None: the
             model's calibrated one.
         max_pixels: larger uploads are refused.
+        decode_side: photos are decoded with at most this longer side.
     """
 
     def __init__(
@@ -134,25 +243,29 @@ class FaceService:
         detect: Detector,
         threshold: float | None = None,
         max_pixels: int = MAX_PIXELS,
+        decode_side: int = DECODE_SIDE,
     ) -> None:
         self.gallery = gallery
         self.model = model
         self.detect = detect
         self.threshold = float(model.threshold if threshold is None else threshold)
         self.max_pixels = max_pixels
+        self.decode_side = decode_side
         self._lock = threading.Lock()
 
     def photo_faces(self, data: bytes, name: str) -> Photo:
         """Decode, detect, align and embed every face of an uploaded photo."""
-        image = decode_photo(data, name, self.max_pixels)
+        decoded = decode_photo(data, name, self.max_pixels, self.decode_side)
+        image = decoded.image
         found = self.detect(image)
         if not found:
-            return Photo(image.width, image.height, [])
+            return Photo(decoded.width, decoded.height, [])
         vectors = self._embed(image, found)
         faces = [
-            PhotoFace(_int_box(f.box), vec, f.chip) for f, vec in zip(found, vectors, strict=True)
+            PhotoFace(decoded.to_photo(f.box), vec, f.chip)
+            for f, vec in zip(found, vectors, strict=True)
         ]
-        return Photo(image.width, image.height, faces)
+        return Photo(decoded.width, decoded.height, faces)
 
     def _embed(self, image: Image.Image, found: list[Any]) -> np.ndarray:
         """(n, d) unit embeddings of the detected faces of ``image``."""
@@ -180,31 +293,65 @@ class FaceService:
         distance = float(distance_from_similarity(np.float32(a.embedding @ b.embedding)))
         return distance, distance <= self.threshold
 
-    def enroll(self, person: str, photos: Sequence[tuple[bytes, str]], multiple: bool) -> Person:
+    def enroll(
+        self,
+        person: str,
+        photos: Sequence[tuple[bytes, str]],
+        multiple: bool,
+        key: str | None = None,
+    ) -> Person:
         """Enroll the faces of ``photos`` under ``person``, all or nothing.
 
         Args:
             person: the name.
             photos: (bytes, upload name) pairs.
             multiple: enroll every face of a photo; otherwise a photo must hold exactly one.
+            key: a request key: the same request again with it stores nothing twice (see
+                :meth:`~tripletkit.serve.gallery.Gallery.enroll_once`).
 
         Raises:
             PhotoError: naming a photo without a face, or with several when not ``multiple``.
+            GalleryError: a bad name; ``key`` used for another request.
         """
+        return self.commit(self.prepare_enrollment(person, photos, multiple, key))[0]
+
+    def commit(self, enrollment: Enrollment) -> tuple[Person, bool]:
+        """Store a prepared enrollment: (the person, whether it replays an earlier one)."""
+        if enrollment.replayed is not None:
+            return enrollment.replayed, True
+        return self.gallery.enroll_once(
+            enrollment.name, enrollment.records, enrollment.key, enrollment.digest
+        )
+
+    def prepare_enrollment(
+        self,
+        person: str,
+        photos: Sequence[tuple[bytes, str]],
+        multiple: bool,
+        key: str | None = None,
+    ) -> Enrollment:
+        """The faces of ``photos`` to enroll under ``person`` (see :meth:`enroll`), computed and
+        not stored; or, when ``key`` was recorded for this same request, its stored answer."""
+        name = check_name(person)
+        digest = request_digest(name, photos, multiple) if key is not None else ""
+        if key is not None:
+            earlier = self.gallery.replay(key, digest)
+            if earlier is not None:
+                return Enrollment(name, [], key, digest, earlier)
         records = []
-        for data, name in photos:
-            photo = self.photo_faces(data, name)
+        for data, upload in photos:
+            photo = self.photo_faces(data, upload)
             if not photo.faces:
-                raise PhotoError(f"{name}: no face found")
+                raise PhotoError(f"{upload}: no face found")
             if len(photo.faces) > 1 and not multiple:
                 raise PhotoError(
-                    f"{name}: {len(photo.faces)} faces found; enroll photos of one face, or set "
+                    f"{upload}: {len(photo.faces)} faces found; enroll photos of one face, or set "
                     "multiple=true to enroll them all under this name"
                 )
             records += [
-                FaceRecord(f.embedding, f.box, name, thumbnail_jpeg(f.chip)) for f in photo.faces
+                FaceRecord(f.embedding, f.box, upload, thumbnail_jpeg(f.chip)) for f in photo.faces
             ]
-        return self.gallery.enroll(person, records)
+        return Enrollment(name, records, key, digest)
 
     def enroll_folder(
         self,

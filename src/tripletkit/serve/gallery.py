@@ -23,6 +23,18 @@ when the gallery closes or is rebuilt.
 Distances are Euclidean between unit vectors: ``d = sqrt(2 - 2 cos)``, in [0, 2]. A person's
 distance to a query is the smallest over their faces.
 
+Names. A person is found by the NFKC case-folded form of their name (:func:`name_key`): "s1",
+"S1" and the fullwidth "Ｓ１" are one person, shown under the name first enrolled (or last
+renamed to). "." and ".." are refused: URLs drop them as path segments, so such a person could
+never be addressed again.
+
+Retries. :meth:`Gallery.enroll_once` records a client's request key (the service's
+``Idempotency-Key`` header) and a digest of the request in the enrollment's own transaction:
+the same key again replays the stored answer instead of adding the faces twice, whether the
+first answer was lost or not. Keys are kept :data:`KEY_DAYS` days.
+
+Files are readable by their owner only (0600, the folder 0700): they hold biometric data.
+
 Concurrency: one ``Gallery`` object may be shared by threads; its calls hold one lock (one
 writer, and reads see whole enrollments). Several processes must not write to one folder: it
 takes an exclusive ``fcntl`` lock on ``gallery.lock`` and refuses a second writer.
@@ -45,7 +57,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .._io import atomic_write, write_json
+from .._io import atomic_write
 from ..search.index import faiss_module
 
 DB_FILE = "gallery.sqlite"
@@ -53,11 +65,20 @@ INDEX_FILE = "faces.faiss"
 INDEX_META = "faces.json"
 LOCK_FILE = "gallery.lock"
 MAX_NAME_CHARS = 100
+KEY_DAYS = 1
+FILE_MODE, FOLDER_MODE = 0o600, 0o700
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS people (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    key TEXT
+);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    person INTEGER NOT NULL,
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS faces (
@@ -149,7 +170,8 @@ def check_name(name: object, what: str = "name") -> str:
     """A person's name, stripped and NFC-normalised.
 
     Names are stored in SQLite only and never become file paths. A name is 1 to
-    ``MAX_NAME_CHARS`` characters, with no control characters and no "/" (it appears in URLs).
+    ``MAX_NAME_CHARS`` characters, with no control characters and no "/" (it appears in URLs),
+    and is not "." or ".." (nor a name whose :func:`name_key` is: URLs drop those segments).
 
     Raises:
         GalleryError: naming ``what`` and the rule broken.
@@ -164,7 +186,18 @@ def check_name(name: object, what: str = "name") -> str:
     bad = [c for c in clean if c == "/" or unicodedata.category(c).startswith("C")]
     if bad:
         raise GalleryError(f"{what} {clean!r} contains a forbidden character {bad[0]!r}")
+    if name_key(clean) in (".", ".."):
+        raise GalleryError(
+            f"{what} {clean!r} is not allowed: '.' and '..' are dropped from URLs as path "
+            "segments, so the person could not be found or deleted again"
+        )
     return clean
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by: NFKC, case-folded, NFKC again (Unicode's
+    NFKC_Casefold, closely): "S1", "s1" and "Ｓ１" have one key."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 def distance_from_similarity(similarity: np.ndarray) -> np.ndarray:
@@ -207,7 +240,8 @@ class Gallery:
             raise GalleryError(f"gallery folder {folder} is a file")
         if not 1 <= dim <= 65536:
             raise GalleryError(f"dim must be in 1..65536, got {dim}")
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            folder.mkdir(parents=True, mode=FOLDER_MODE)
         lock_file = _exclusive_lock(folder / LOCK_FILE)
         try:
             db = _connect(folder / DB_FILE)
@@ -253,6 +287,24 @@ class Gallery:
             GalleryError: a bad name, no faces, or an embedding of the wrong shape, not finite
                 or zero.
         """
+        return self.enroll_once(name, faces)[0]
+
+    def enroll_once(
+        self,
+        name: str,
+        faces: Sequence[FaceRecord] | np.ndarray,
+        key: str | None = None,
+        digest: str = "",
+    ) -> tuple[Person, bool]:
+        """:meth:`enroll`, recording the request ``key`` with ``digest`` (what the request
+        held) in the same transaction; when ``key`` was recorded already, nothing is added.
+
+        Returns:
+            (the person, whether the answer is a replay of an earlier request with ``key``).
+
+        Raises:
+            GalleryError: as :meth:`enroll`; and as :meth:`replay` for a recorded key.
+        """
         name = check_name(name)
         records = _records(faces, self.dim)
         with self._lock:
@@ -260,12 +312,37 @@ class Gallery:
             now = time.time()
             with self._db:  # one transaction: committed on success, rolled back on error
                 self._db.execute("BEGIN IMMEDIATE")
+                if key is not None:
+                    earlier = self._replay(key, digest)
+                    if earlier is not None:
+                        return earlier, True
                 person = self._person_id(name) or self._insert_person(name, now)
                 ids = self._write_faces(person, records, now)
+                if key is not None:
+                    self._db.execute(
+                        "DELETE FROM requests WHERE created < ?", (now - KEY_DAYS * 86400,)
+                    )
+                    self._db.execute(
+                        "INSERT INTO requests (key, digest, person, created) VALUES (?, ?, ?, ?)",
+                        (key, digest, person, now),
+                    )
                 self._bump_version()
             self._index_add(ids, np.stack([r.embedding for r in records]))
-            self._owner.update(dict.fromkeys(ids, name))
-            return self._person(name)
+            stored = self._name_of(person)
+            self._owner.update(dict.fromkeys(ids, stored))
+            return self._person(stored), False
+
+    def replay(self, key: str, digest: str) -> Person | None:
+        """The person a request recorded under ``key`` enrolled (as they are now), or None
+        when ``key`` is new.
+
+        Raises:
+            GalleryError: ``key`` was recorded with another digest (invalid: another request
+                reuses it), or its person has been deleted since (conflict).
+        """
+        with self._lock:
+            self._open_db()
+            return self._replay(key, digest)
 
     def rename(self, old: str, new: str) -> Person:
         """Give a person another name.
@@ -279,12 +356,16 @@ class Gallery:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 person = self._require(old)
+                stored = self._name_of(person)
                 other = self._person_id(new)
                 if other is not None and other != person:
-                    raise GalleryError(f"a person named {new!r} exists already", "conflict")
-                self._db.execute("UPDATE people SET name = ? WHERE id = ?", (new, person))
+                    taken = self._name_of(other)
+                    raise GalleryError(f"a person named {taken!r} exists already", "conflict")
+                self._db.execute(
+                    "UPDATE people SET name = ?, key = ? WHERE id = ?", (new, name_key(new), person)
+                )
                 self._bump_version()
-            self._owner = {face: new if who == old else who for face, who in self._owner.items()}
+            self._owner = {f: new if who == stored else who for f, who in self._owner.items()}
             return self._person(new)
 
     def delete(self, name: str) -> int:
@@ -317,7 +398,8 @@ class Gallery:
         """Every person with their faces, by name."""
         with self._lock:
             self._open_db()
-            names = [row[0] for row in self._db.execute("SELECT name FROM people ORDER BY name")]
+            rows = self._db.execute("SELECT name FROM people ORDER BY key, name")
+            names = [row[0] for row in rows]
             return [self._person(name) for name in names]
 
     def person(self, name: str) -> Person:
@@ -325,8 +407,7 @@ class Gallery:
         name = check_name(name)
         with self._lock:
             self._open_db()
-            self._require(name)
-            return self._person(name)
+            return self._person(self._name_of(self._require(name)))
 
     def thumbnail(self, face_id: int) -> bytes:
         """The JPEG of a face's aligned chip. Raises GalleryError (not_found) when absent."""
@@ -396,8 +477,34 @@ class Gallery:
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='version'")
 
     def _person_id(self, name: str) -> int | None:
-        row = self._db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-        return None if row is None else int(row[0])
+        """The person whose name has ``name``'s key, or None."""
+        row = self._db.execute("SELECT id FROM people WHERE key = ?", (name_key(name),))
+        found = row.fetchone()
+        return None if found is None else int(found[0])
+
+    def _name_of(self, person: int) -> str:
+        return str(
+            self._db.execute("SELECT name FROM people WHERE id = ?", (person,)).fetchone()[0]
+        )
+
+    def _replay(self, key: str, digest: str) -> Person | None:
+        row = self._db.execute("SELECT digest, person FROM requests WHERE key = ?", (key,))
+        found = row.fetchone()
+        if found is None:
+            return None
+        if found[0] != digest:
+            raise GalleryError(
+                f"Idempotency-Key {key!r} was used for another enrollment (another name or "
+                "other photos); use a new key for a new request"
+            )
+        person = self._db.execute("SELECT name FROM people WHERE id = ?", (found[1],)).fetchone()
+        if person is None:
+            raise GalleryError(
+                f"the enrollment of Idempotency-Key {key!r} was stored, but its person has been "
+                "deleted since",
+                "conflict",
+            )
+        return self._person(str(person[0]))
 
     def _require(self, name: str) -> int:
         person = self._person_id(name)
@@ -406,7 +513,9 @@ class Gallery:
         return person
 
     def _insert_person(self, name: str, now: float) -> int:
-        cursor = self._db.execute("INSERT INTO people (name, created) VALUES (?, ?)", (name, now))
+        cursor = self._db.execute(
+            "INSERT INTO people (name, created, key) VALUES (?, ?, ?)", (name, now, name_key(name))
+        )
         return int(cursor.lastrowid or 0)
 
     def _write_faces(self, person: int, records: list[FaceRecord], now: float) -> list[int]:
@@ -480,8 +589,14 @@ class Gallery:
         """Write the index cache, then the version it holds (a crash between the two leaves an
         older version recorded, so the next open rebuilds)."""
         faiss = faiss_module()
-        atomic_write(self.folder / INDEX_FILE, lambda tmp: faiss.write_index(self._index, str(tmp)))
-        write_json(self.folder / INDEX_META, {"version": self._version(), "dim": self.dim})
+
+        def index(tmp: Path) -> None:
+            os.chmod(tmp, FILE_MODE)
+            faiss.write_index(self._index, str(tmp))
+
+        atomic_write(self.folder / INDEX_FILE, index)
+        meta = {"version": self._version(), "dim": self.dim}
+        write_json(self.folder / INDEX_META, meta, mode=FILE_MODE)
         self._dirty = False
 
 
@@ -544,23 +659,79 @@ def _read_cache(folder: Path, version: int, dim: int) -> Any | None:
     return index if index.d == dim else None
 
 
+def write_json(path: Path, data: Any, mode: int = FILE_MODE) -> None:
+    """``data`` as JSON at ``path``, atomically, readable by the owner only."""
+
+    def write(tmp: Path) -> None:
+        os.chmod(tmp, mode)
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    atomic_write(path, write)
+
+
+def _owner_only(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 when absent; else take away group and other bits
+    (SQLite gives its -wal and -shm files the database file's mode)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+    except FileExistsError:
+        os.chmod(path, FILE_MODE)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """SQLite in WAL mode with full sync, foreign keys on, usable from any thread (the
-    gallery's lock serialises the calls), transactions managed explicitly."""
+    gallery's lock serialises the calls), transactions managed explicitly; its files 0600."""
+    _owner_only(path)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.chmod(side, FILE_MODE)
     try:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
+        _add_name_keys(db, path)
     except sqlite3.DatabaseError as err:
         raise GalleryError(f"{path}: not a gallery database ({err})") from None
     return db
 
 
+def _add_name_keys(db: sqlite3.Connection, path: Path) -> None:
+    """Fill the name keys of people enrolled before names were compared by :func:`name_key`
+    (a gallery of an older version), and index them as unique.
+
+    Raises:
+        GalleryError: when two people of such a gallery have names with one key, naming them.
+    """
+    if "key" not in {row[1] for row in db.execute("PRAGMA table_info(people)")}:
+        db.execute("ALTER TABLE people ADD COLUMN key TEXT")
+    rows = list(db.execute("SELECT id, name FROM people WHERE key IS NULL"))
+    if rows:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for person, name in rows:
+                db.execute("UPDATE people SET key = ? WHERE id = ?", (name_key(name), person))
+            clash = db.execute(
+                "SELECT group_concat(name, ', ') FROM people GROUP BY key HAVING count(*) > 1"
+            ).fetchone()
+            if clash is not None:
+                raise GalleryError(
+                    f"{path}: the people {clash[0]} differ only in case or character width, and "
+                    "names are now compared without them: rename all but one (e.g. sqlite3 "
+                    f"{path} \"UPDATE people SET name = 'new name' WHERE name = 'old name'\") "
+                    "and open the gallery again",
+                    "conflict",
+                )
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS people_key ON people(key)")
+
+
 def _exclusive_lock(path: Path) -> IO[str]:
     """An open file holding an exclusive lock on ``path``; refuses a second holder."""
-    handle = open(path, "a")  # noqa: SIM115 - kept open while the gallery is
+    fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, FILE_MODE)
+    os.chmod(path, FILE_MODE)
+    handle = os.fdopen(fd, "a")  # kept open while the gallery is
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

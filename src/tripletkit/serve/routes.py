@@ -1,22 +1,37 @@
 """The routers: request in, one call of a service, response out.
 
-Built by factories because the limits (``k``, query length, batch size) come from the config.
+Built by factories because the limits (``k``, query length, batch size) and the tokens come
+from the config. The photo endpoints are coroutines: they wait for a turn of the photo queue
+(:class:`~tripletkit.serve.limits.PhotoQueue`) in the event loop, and the work runs in a
+worker thread.
 """
 
 # no "from __future__ import annotations": FastAPI reads the annotations of the routes, which
 # name objects local to the router factories
-import hmac
+import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from .faces import FaceService, Photo
-from .gallery import Identification, Person
+from .gallery import MAX_NAME_CHARS, Identification, Person
+from .limits import PhotoQueue
 from .middleware import ms_since
 from .schemas import (
     ERRORS,
@@ -27,6 +42,7 @@ from .schemas import (
     Health,
     IdentifyResult,
     MatchOut,
+    PartHealth,
     PersonOut,
     Rename,
     SearchBatchResult,
@@ -35,7 +51,11 @@ from .schemas import (
     VerifyResult,
 )
 from .search import SearchService
+from .security import auth
 from .state import ServeConfig, ServiceState
+
+LOG = logging.getLogger("tripletkit.serve")
+MAX_KEY_CHARS = 200
 
 
 def health_router(state: ServiceState) -> APIRouter:
@@ -43,18 +63,21 @@ def health_router(state: ServiceState) -> APIRouter:
 
     @router.get("/health", response_model=Health, responses={503: {"model": Health}})
     def health() -> Any:
-        """Readiness: 200 once the models, index and gallery are loaded, 503 before."""
-        if state.services is None:
-            status = "stopped" if state.closed else "failed" if state.error else "loading"
-            return JSONResponse(Health(status=status, detail=state.error).model_dump(), 503)
-        s = state.services
-        return Health(
-            status="ready",
-            search=s.search is not None,
-            faces=s.faces is not None,
-            documents=len(s.search.index.ids) if s.search else None,
-            faces_enrolled=len(s.faces.gallery) if s.faces else None,
+        """Readiness: 200 once the models, index and gallery are loaded, 503 before; ``parts``
+        says where each part is (the search index's build with its progress)."""
+        status = state.status()
+        parts = {name: PartHealth(**part.snapshot()) for name, part in state.parts.items()}
+        searcher, face_service = (state.parts[n].service for n in ("search", "faces"))
+        body = Health(
+            status=status,
+            search=parts["search"].status == "ready",
+            faces=parts["faces"].status == "ready",
+            documents=len(searcher.index.ids) if searcher is not None else None,
+            faces_enrolled=len(face_service.gallery) if face_service is not None else None,
+            detail=_health_detail(parts),
+            parts=parts,
         )
+        return body if status == "ready" else JSONResponse(body.model_dump(), 503)
 
     @router.get("/health/live", response_model=Health)
     def live() -> Health:
@@ -76,10 +99,7 @@ def search_router(config: ServeConfig, state: ServiceState) -> APIRouter:
         k: int = Field(10, ge=1, le=config.max_k)
 
     def searcher() -> SearchService:
-        found = state.ready().search
-        if found is None:
-            raise HTTPException(404, "no search index is loaded (start the service with --index)")
-        return found
+        return state.search()
 
     @router.get("", response_model=SearchResult)
     def search(
@@ -113,62 +133,76 @@ def search_router(config: ServeConfig, state: ServiceState) -> APIRouter:
     return router
 
 
-def faces_router(config: ServeConfig, state: ServiceState) -> APIRouter:
+def faces_router(config: ServeConfig, state: ServiceState, queue: PhotoQueue) -> APIRouter:
     router = APIRouter(prefix="/api/faces", tags=["faces"], responses=ERRORS)
-    bearer = HTTPBearer(auto_error=False, description="needed when the service has a token")
     people_k = Query(ge=1, le=config.max_people, description="nearest people per face")
     face_id = PathParam(ge=1, le=2**62)
+    writer = auth([config.token], "enroll, rename and delete")
+    reader = auth([config.read_token, config.token] if config.read_token else [], "faces' reads")
+    key_header = Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_CHARS,
+        pattern=r"^[!-~]+$",
+        description="a key of the client's choosing (printable ASCII): the same request again "
+        "with it enrolls nothing twice and answers as the first time",
+    )
 
     def service() -> FaceService:
-        found = state.ready().faces
-        if found is None:
-            raise HTTPException(404, "no face gallery is loaded (start the service with --gallery)")
-        return found
-
-    def writer(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if config.token is None:
-            return
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), config.token.encode()):
-            raise HTTPException(
-                401,
-                "this endpoint needs the header Authorization: Bearer <token>"
-                if not given
-                else "wrong token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        return state.faces()
 
     def read(upload: UploadFile) -> tuple[bytes, str]:
         name = _upload_name(upload)
         return upload.file.read(config.max_upload_bytes + 1), name
 
-    @router.post(
-        "/enroll", response_model=PersonOut, status_code=201, dependencies=[Depends(writer)]
-    )
-    def enroll(
-        name: Annotated[str, Form(description="the person's name", max_length=200)],
+    @router.post("/enroll", response_model=PersonOut, status_code=201, dependencies=writer)
+    async def enroll(
+        request: Request,
+        response: Response,
+        name: Annotated[str, Form(description="the person's name", max_length=MAX_NAME_CHARS)],
         image: Annotated[list[UploadFile], File(description="one or more photos")],
         multiple: Annotated[bool, Form(description="enroll every face of a photo")] = False,
+        idempotency_key: Annotated[str | None, key_header] = None,
         faces: FaceService = Depends(service),  # noqa: B008
-    ) -> PersonOut:
-        """Enroll the face of each photo under a name (all photos or none)."""
-        return _person(faces.enroll(name, [read(u) for u in image], multiple))
+    ) -> Any:
+        """Enroll the face of each photo under a name (all photos or none; at most
+        ``max_enroll_photos`` photos). Nothing is stored when the client has gone before the
+        faces are computed; with ``Idempotency-Key``, a retry enrolls nothing twice."""
+        await _single(request, "name", "multiple")
+        if len(image) > config.max_enroll_photos:
+            raise HTTPException(
+                422,
+                f"body field image: at most {config.max_enroll_photos} photos in one enrollment, "
+                f"got {len(image)} (enroll the others in another request)",
+            )
+        prepared = await queue.run(
+            lambda: faces.prepare_enrollment(
+                name, [read(u) for u in image], multiple, idempotency_key
+            )
+        )
+        if await request.is_disconnected():  # the client gave up: it will not learn of it
+            LOG.info("enrollment not stored: the client disconnected")
+            return JSONResponse({"status": 499, "detail": "client disconnected"}, 499)
+        person, replayed = await run_in_threadpool(faces.commit, prepared)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return _person(person)
 
-    @router.post("/identify", response_model=IdentifyResult)
-    def identify(
+    @router.post("/identify", response_model=IdentifyResult, dependencies=reader)
+    async def identify(
+        request: Request,
         image: Annotated[UploadFile, File(description="a photo")],
         k: Annotated[int, people_k] = 3,
         faces: FaceService = Depends(service),  # noqa: B008
     ) -> IdentifyResult:
         """Every face of a photo: box, nearest people with distances, and the decision."""
+        await _single(request, "image")
         start = time.perf_counter()
-        photo, found = faces.identify(*read(image), k)
+        photo, found = await queue.run(lambda: faces.identify(*read(image), k))
         return _identified(photo, found, faces.threshold, ms_since(start))
 
-    @router.post("/verify", response_model=VerifyResult)
-    def verify(
+    @router.post("/verify", response_model=VerifyResult, dependencies=reader)
+    async def verify(
         image: Annotated[list[UploadFile], File(description="exactly two photos")],
         faces: FaceService = Depends(service),  # noqa: B008
     ) -> VerifyResult:
@@ -176,22 +210,22 @@ def faces_router(config: ServeConfig, state: ServiceState) -> APIRouter:
         if len(image) != 2:
             raise HTTPException(422, f"verify needs exactly 2 photos in 'image', got {len(image)}")
         start = time.perf_counter()
-        distance, same = faces.verify(read(image[0]), read(image[1]))
+        distance, same = await queue.run(lambda: faces.verify(read(image[0]), read(image[1])))
         return VerifyResult(
             distance=distance, same=same, threshold=faces.threshold, took_ms=ms_since(start)
         )
 
-    @router.get("/people", response_model=list[PersonOut])
+    @router.get("/people", response_model=list[PersonOut], dependencies=reader)
     def people(faces: FaceService = Depends(service)) -> list[PersonOut]:  # noqa: B008
-        """Everyone enrolled, by name, with their faces."""
+        """Everyone enrolled, by name (case and width ignored), with their faces."""
         return [_person(p) for p in faces.gallery.people()]
 
-    @router.get("/people/{name}", response_model=PersonOut)
+    @router.get("/people/{name}", response_model=PersonOut, dependencies=reader)
     def person(name: str, faces: FaceService = Depends(service)) -> PersonOut:  # noqa: B008
-        """One person and their faces."""
+        """One person and their faces (the name compared without case and width)."""
         return _person(faces.gallery.person(name))
 
-    @router.patch("/people/{name}", response_model=PersonOut, dependencies=[Depends(writer)])
+    @router.patch("/people/{name}", response_model=PersonOut, dependencies=writer)
     def rename(
         name: str,
         body: Rename,
@@ -200,15 +234,17 @@ def faces_router(config: ServeConfig, state: ServiceState) -> APIRouter:
         """Rename a person: ``{"name": "new name"}``."""
         return _person(faces.gallery.rename(name, body.name))
 
-    @router.delete("/people/{name}", response_model=Deleted, dependencies=[Depends(writer)])
+    @router.delete("/people/{name}", response_model=Deleted, dependencies=writer)
     def delete(name: str, faces: FaceService = Depends(service)) -> Deleted:  # noqa: B008
         """Remove a person and all their faces."""
-        return Deleted(name=name, faces=faces.gallery.delete(name))
+        stored = faces.gallery.person(name).name
+        return Deleted(name=stored, faces=faces.gallery.delete(stored))
 
     @router.get(
         "/faces/{face}/thumbnail.jpg",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}},
+        dependencies=reader,
     )
     def thumbnail(
         face: Annotated[int, face_id],
@@ -223,13 +259,29 @@ def faces_router(config: ServeConfig, state: ServiceState) -> APIRouter:
 # --- conversions -------------------------------------------------------------------------------
 
 
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
+async def _single(request: Request, *fields: str) -> None:
+    """Refuse a form that gives one of ``fields`` more than once (the last one was used,
+    silently). The form is the one FastAPI parsed already."""
+    form = await request.form()
+    for name in fields:
+        count = len(form.getlist(name))
+        if count > 1:
+            raise HTTPException(422, f"body field {name}: give it once, got {count}")
+
+
+def _health_detail(parts: dict[str, PartHealth]) -> str | None:
+    """One line of what the parts that are not ready are doing, or why they failed."""
+    said = [
+        f"{name}: {part.status}" + (f" ({part.detail})" if part.detail else "")
+        for name, part in parts.items()
+        if part.status not in ("ready", "off")
+    ]
+    return "; ".join(said) or None
 
 
 def _not_blank(text: str, what: str) -> str:
     """``text`` unless blank. (Lone surrogates never arrive: pydantic refuses them in JSON,
-    and query strings are decoded with replacement characters.)"""
+    and query strings that are not UTF-8 are refused before.)"""
     if not text.strip():
         raise HTTPException(422, f"{what} is blank")
     return text

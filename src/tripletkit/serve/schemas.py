@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .gallery import MAX_NAME_CHARS
+
 
 class ErrorBody(BaseModel):
     status: int
@@ -13,13 +15,21 @@ class ErrorBody(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
+class PartHealth(BaseModel):
+    status: str = Field(description="off, loading, building, ready, failed or stopped")
+    detail: str | None = Field(default=None, description="what it does, or why it failed")
+    done: int | None = Field(default=None, description="building: documents encoded")
+    total: int | None = Field(default=None, description="building: documents in all")
+
+
 class Health(BaseModel):
-    status: str = Field(description="ready, loading, failed or stopped")
-    search: bool = False
-    faces: bool = False
+    status: str = Field(description="ready, loading, failed, stopped (alive: /health/live)")
+    search: bool = Field(default=False, description="search is ready")
+    faces: bool = Field(default=False, description="faces are ready")
     documents: int | None = None
     faces_enrolled: int | None = None
     detail: str | None = None
+    parts: dict[str, PartHealth] = Field(default_factory=dict)
 
 
 class SearchHit(BaseModel):
@@ -98,9 +108,9 @@ class Deleted(BaseModel):
 
 
 class Rename(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="the new name")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS, description="the new name")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }

@@ -3,6 +3,10 @@ the text encoder, with the queries of concurrent requests encoded together.
 
 Snippets come from ``texts.json`` (document id -> text) in the index folder when it is there;
 otherwise they are None and :attr:`SearchService.snippet_note` says what is missing.
+
+An index folder that does not exist yet can be built by the service itself (:class:`IndexBuild`,
+``tripletkit serve --build-index wiki``), in the background, reporting how far it is: what
+``tripletkit index`` would write, published atomically, then loaded as any other.
 """
 
 from __future__ import annotations
@@ -17,13 +21,62 @@ from pathlib import Path
 
 import numpy as np
 
-from ..search.encoder import encode
+from ..search.config import EncoderConfig, SearchConfig, TextDataConfig
+from ..search.data import load_data
+from ..search.encoder import encode, load_encoder
 from ..search.index import Index
-from ..search.indexing import folder_encoder
+from ..search.indexing import folder_encoder, index_corpus
 
 SNIPPET_CHARS = 240
 TEXTS_FILE = "texts.json"
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (n, d) unit float32
+Report = Callable[[str, int | None, int | None], None]  # (what is being done, done, total)
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """What to build into the index folder when it holds no index yet (as ``tripletkit index
+    --data DATA --model ENCODER --out FOLDER`` would).
+
+    Attributes:
+        data: "wiki" (built from the Wikipedia summaries into ``cache`` on first use) or a
+            BEIR folder.
+        encoder: a sentence-transformers folder; None: all-MiniLM-L6-v2.
+        cache: where "wiki" is built.
+    """
+
+    data: str = "wiki"
+    encoder: str | None = None
+    cache: str = "runs/data"
+
+
+def has_index(folder: Path) -> bool:
+    """Whether ``folder`` holds an index (its ``meta.json``, written last by ``Index.save``
+    into a folder published whole)."""
+    return (Path(folder) / "meta.json").is_file()
+
+
+def build_index(folder: Path, spec: IndexBuild, report: Report) -> None:
+    """Build the index folder ``spec`` describes at ``folder``, telling ``report`` what it is
+    doing: ("preparing the corpus", None, None), ("loading the encoder", ...), then
+    ("encoding the corpus", done, total) as documents are encoded."""
+    cfg = SearchConfig(
+        data=TextDataConfig(source=spec.data, cache=spec.cache),
+        model=EncoderConfig(path=spec.encoder),
+    )
+    report("preparing the corpus", None, None)
+    data = load_data(cfg)
+    report("loading the encoder", None, None)
+    model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
+    index_corpus(
+        model,
+        data,
+        cfg,
+        Path(folder),
+        encoder_path=str(Path(spec.encoder).resolve()) if spec.encoder else None,
+        progress=False,
+        on_progress=lambda done, total: report("encoding the corpus", done, total),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-// The page of `tripletkit serve`: search, identify a photo, manage the gallery.
+// The page of `tripletkit serve`: search, identify a photo, compare two, manage the gallery.
 // Plain JavaScript, no build step. Data from the API is only ever set with textContent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const byName = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -16,11 +17,16 @@ async function api(path, options = {}) {
   const body = response.headers.get("content-type")?.includes("json")
     ? await response.json()
     : null;
-  if (!response.ok) throw new Error((body && body.detail) || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    let message = (body && body.detail) || `${response.status} ${response.statusText}`;
+    if (response.status === 401) message += " (enter the access token, top right)";
+    throw new Error(message);
+  }
   return body;
 }
 
-function writeHeaders() {
+// The token, when the service has one, for writes and (with a read token) for the faces' reads.
+function authHeaders() {
   const token = $("token").value.trim();
   sessionStorage.setItem("tripletkit-token", token);
   return token ? { Authorization: `Bearer ${token}` } : {};
@@ -30,9 +36,12 @@ function count(n, one, many = `${one}s`) {
   return `${n.toLocaleString("en")} ${n === 1 ? one : many}`;
 }
 
-function say(id, text, bad = false) {
-  $(id).textContent = text;
-  $(id).classList.toggle("bad", bad);
+// tone: "" (plain), "busy" (something is on its way: not an error) or "bad" (it failed)
+function say(id, text, tone = "") {
+  const node = $(id);
+  node.textContent = text;
+  node.classList.toggle("bad", tone === "bad");
+  node.classList.toggle("busy", tone === "busy");
 }
 
 // --- tabs and health --------------------------------------------------------------------------
@@ -46,35 +55,76 @@ function showPanel(name) {
   if (name === "gallery") loadPeople();
 }
 
-function sayHealth(health) {
-  const parts = [];
-  if (health.search) parts.push(count(health.documents, "document"));
-  if (health.faces) parts.push(`${count(health.faces_enrolled, "face")} enrolled`);
-  say("status", `ready · ${parts.join(" · ")}`);
+let firstHealth = true;
+let searchWaiting = false;
+
+function buildProgress(part) {
+  if (part.total) {
+    const share = Math.floor((100 * (part.done || 0)) / part.total);
+    const done = (part.done || 0).toLocaleString("en");
+    return `building the search index: ${share}% (${done} of ` +
+      `${count(part.total, "document")})`;
+  }
+  return `preparing the search index${part.detail ? ` (${part.detail})` : ""}…`;
+}
+
+function showHealth(health) {
+  const parts = health.parts || {};
+  const search = parts.search || { status: health.search ? "ready" : "off" };
+  const faces = parts.faces || { status: health.faces ? "ready" : "off" };
+  if (health.status === "failed" || health.status === "stopped") {
+    say("status", health.detail || `the service has ${health.status}`, "bad");
+    return;
+  }
+  const bits = [];
+  if (search.status === "ready") bits.push(count(health.documents, "document"));
+  else if (search.status === "building") bits.push(buildProgress(search));
+  else if (search.status === "loading") bits.push("loading the search index…");
+  if (faces.status === "ready") bits.push(`${count(health.faces_enrolled, "face")} enrolled`);
+  else if (faces.status === "loading") bits.push("loading the face model…");
+  const ready = health.status === "ready";
+  say("status", `${ready ? "ready · " : ""}${bits.join(" · ")}`, ready ? "" : "busy");
+
+  if (search.status === "off") {
+    say("search-info", "No search index loaded (start with --index).", "bad");
+  } else if (search.status !== "ready") {
+    searchWaiting = true;
+    say("search-info", `Search is not ready yet: ${bits[0]}. Faces work meanwhile.`, "busy");
+  } else if (searchWaiting) {
+    searchWaiting = false;
+    say("search-info", "The search index is ready.");
+  }
+  if (faces.status === "off") {
+    say("identify-info", "No face gallery loaded (start with --gallery).", "bad");
+    say("verify-info", "No face gallery loaded (start with --gallery).", "bad");
+    say("gallery-info", "No face gallery loaded (start with --gallery).", "bad");
+  }
+  if (firstHealth && search.status === "off" && faces.status !== "off") showPanel("identify");
+  firstHealth = false;
+}
+
+async function fetchHealth() {
+  const response = await fetch("/health");
+  return response.json(); // 200 when ready, 503 while loading: both JSON
 }
 
 async function refreshStatus() {
   try {
-    sayHealth(await api("/health"));
+    showHealth(await fetchHealth());
   } catch (err) {
-    say("status", err.message, true);
+    say("status", `cannot reach the service (${err.message})`, "bad");
   }
 }
 
-async function checkHealth() {
+async function watchHealth() {
+  let health = null;
   try {
-    const health = await api("/health");
-    sayHealth(health);
-    if (!health.search) say("search-info", "No search index loaded (start with --index).", true);
-    if (!health.search && health.faces) showPanel("identify");
-    if (!health.faces) {
-      say("identify-info", "No face gallery loaded (start with --gallery).", true);
-      say("gallery-info", "No face gallery loaded (start with --gallery).", true);
-    }
+    health = await fetchHealth();
+    showHealth(health);
   } catch (err) {
-    say("status", err.message.startsWith("503") ? "loading the models…" : err.message, true);
-    setTimeout(checkHealth, 1000);
+    say("status", `cannot reach the service (${err.message}); trying again…`, "bad");
   }
+  if (!health || health.status === "loading") setTimeout(watchHealth, 1000);
 }
 
 // --- search -----------------------------------------------------------------------------------
@@ -87,7 +137,7 @@ async function search() {
   const seq = ++searchSeq;
   if (!q) {
     $("search-results").replaceChildren();
-    say("search-info", "");
+    if (!searchWaiting) say("search-info", "");
     return;
   }
   try {
@@ -97,7 +147,7 @@ async function search() {
     say("search-info", `${body.results.length} results in ${body.took_ms.toFixed(1)} ms` +
       (body.note ? ` · ${body.note}` : ""));
   } catch (err) {
-    if (seq === searchSeq) say("search-info", err.message, true);
+    if (seq === searchSeq) say("search-info", err.message, searchWaiting ? "busy" : "bad");
   }
 }
 
@@ -110,19 +160,27 @@ function resultItem(hit) {
 
 // --- identify ---------------------------------------------------------------------------------
 
-async function identify(file) {
-  if (!file) return;
-  say("identify-info", `Looking at ${file.name}…`);
-  const url = URL.createObjectURL(file);
+// A preview of a chosen file; gone (no broken-image icon) when the browser cannot show it.
+function preview(file) {
   const img = el("img");
   img.alt = file.name;
-  img.src = url;
-  $("identify-result").replaceChildren(img);
+  img.addEventListener("error", () => img.remove());
+  img.addEventListener("load", () => URL.revokeObjectURL(img.src));
+  img.src = URL.createObjectURL(file);
+  return img;
+}
+
+async function identify(file) {
+  if (!file) return;
+  say("identify-info", `Looking at ${file.name}…`, "busy");
+  $("identify-result").replaceChildren(preview(file));
   $("identify-faces").replaceChildren();
   const form = new FormData();
   form.append("image", file);
   try {
-    const body = await api("/api/faces/identify?k=3", { method: "POST", body: form });
+    const body = await api("/api/faces/identify?k=3", {
+      method: "POST", body: form, headers: authHeaders(),
+    });
     for (const face of body.faces) drawFace(face, body.width, body.height);
     $("identify-faces").replaceChildren(...body.faces.map(faceItem));
     const known = body.faces.filter((f) => f.name).length;
@@ -130,7 +188,8 @@ async function identify(file) {
       ? `${count(body.faces.length, "face")}, ${known} recognised (threshold ${body.threshold}) in ${body.took_ms.toFixed(0)} ms`
       : "No face found in this photo.");
   } catch (err) {
-    say("identify-info", err.message, true);
+    $("identify-result").replaceChildren(); // no photo left standing for an answer that failed
+    say("identify-info", err.message, "bad");
   }
 }
 
@@ -166,71 +225,146 @@ function setUpDropZone() {
   $("photo-input").addEventListener("change", (e) => identify(e.target.files[0]));
 }
 
+// --- verify -----------------------------------------------------------------------------------
+
+async function verify(event) {
+  event.preventDefault();
+  const [a, b] = [$("verify-a").files[0], $("verify-b").files[0]];
+  if (!a || !b) return;
+  const form = new FormData();
+  form.append("image", a);
+  form.append("image", b);
+  say("verify-info", `Comparing ${a.name} and ${b.name}…`, "busy");
+  try {
+    const body = await api("/api/faces/verify", {
+      method: "POST", body: form, headers: authHeaders(),
+    });
+    const distance = body.distance.toFixed(3);
+    say("verify-info", body.same
+      ? `Same person: distance ${distance}, within the threshold ${body.threshold}.`
+      : `Different people: distance ${distance}, beyond the threshold ${body.threshold}.`);
+  } catch (err) {
+    say("verify-info", err.message, "bad");
+  }
+}
+
 // --- gallery ----------------------------------------------------------------------------------
 
 async function loadPeople() {
   try {
-    const people = await api("/api/faces/people");
+    const people = await api("/api/faces/people", { headers: authHeaders() });
+    people.sort((a, b) => byName.compare(a.name, b.name));
     $("people").replaceChildren(...people.map(personItem));
     say("gallery-info", people.length ? count(people.length, "person", "people") : "Nobody enrolled yet.");
   } catch (err) {
-    say("gallery-info", err.message, true);
+    say("gallery-info", err.message, "bad");
   }
+}
+
+// Thumbnails are fetched (with the token, when reads need one) and shown from memory; one that
+// cannot be fetched is a plain placeholder, not a broken image.
+async function showThumbnail(img, url) {
+  try {
+    const response = await fetch(url, { headers: authHeaders() });
+    if (!response.ok) throw new Error(String(response.status));
+    img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+    img.src = URL.createObjectURL(await response.blob());
+  } catch {
+    img.replaceWith(el("span", "thumb-missing", "?"));
+  }
+}
+
+function button(className, text, label, action) {
+  const node = el("button", className, text);
+  node.type = "button";
+  node.setAttribute("aria-label", label);
+  node.addEventListener("click", action);
+  return node;
 }
 
 function personItem(person) {
   const item = el("li", "person");
   item.dataset.name = person.name;
   const head = el("header");
-  const remove = el("button", "delete", "Delete");
-  remove.type = "button";
-  remove.setAttribute("aria-label", `Delete ${person.name}`);
-  remove.addEventListener("click", () => deletePerson(person.name));
-  head.append(el("span", "person-name", person.name), remove);
+  const actions = el("span", "actions");
+  actions.append(
+    button("rename", "Rename", `Rename ${person.name}`, () => renamePerson(person.name)),
+    button("delete", "Delete", `Delete ${person.name}`, () => deletePerson(person.name)),
+  );
+  head.append(el("span", "person-name", person.name), actions);
   const thumbs = el("div", "thumbs");
   for (const face of person.faces) {
     if (!face.thumbnail) continue;
     const img = el("img");
-    img.src = face.thumbnail;
     img.alt = `${person.name}, face ${face.id}`;
-    img.loading = "lazy";
+    img.width = img.height = 48;
     thumbs.append(img);
+    showThumbnail(img, face.thumbnail);
   }
   item.append(head, el("small", "", count(person.faces.length, "face")), thumbs);
   return item;
 }
 
+// One request key per filled-in form: submitting the same form again after a lost answer
+// (a timeout, a dropped connection) replays the first enrollment instead of adding it twice.
+let enrollKey = null;
+
+function requestKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16)); // also without HTTPS
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 async function enroll(event) {
   event.preventDefault();
+  enrollKey = enrollKey || requestKey();
   const name = $("enroll-name").value.trim();
   const files = $("enroll-files").files;
   const form = new FormData();
   form.append("name", name);
   for (const file of files) form.append("image", file);
-  say("gallery-info", `Enrolling ${name}…`);
+  say("gallery-info", `Enrolling ${name}…`, "busy");
   try {
     const person = await api("/api/faces/enroll", {
-      method: "POST", body: form, headers: writeHeaders(),
+      method: "POST", body: form, headers: { ...authHeaders(), "Idempotency-Key": enrollKey },
     });
+    enrollKey = null;
     $("enroll-form").reset();
-    $("token").value = sessionStorage.getItem("tripletkit-token") || "";
     await Promise.all([loadPeople(), refreshStatus()]);
     say("gallery-info", `Enrolled ${person.name} (${count(person.faces.length, "face")}).`);
   } catch (err) {
-    say("gallery-info", err.message, true);
+    say("gallery-info", err.message, "bad");
+  }
+}
+
+function personPath(name) {
+  return `/api/faces/people/${encodeURIComponent(name)}`;
+}
+
+async function renamePerson(name) {
+  const answer = window.prompt(`New name for ${name}:`, name);
+  const next = answer === null ? "" : answer.trim();
+  if (!next || next === name) return;
+  try {
+    const person = await api(personPath(name), {
+      method: "PATCH",
+      headers: { ...authHeaders(), "Content-Type": "application/json" },
+      body: JSON.stringify({ name: next }),
+    });
+    await loadPeople();
+    say("gallery-info", `Renamed ${name} to ${person.name}.`);
+  } catch (err) {
+    say("gallery-info", err.message, "bad");
   }
 }
 
 async function deletePerson(name) {
   if (!window.confirm(`Delete ${name} and all their faces?`)) return;
   try {
-    await api(`/api/faces/people/${encodeURIComponent(name)}`, {
-      method: "DELETE", headers: writeHeaders(),
-    });
+    await api(personPath(name), { method: "DELETE", headers: authHeaders() });
     await Promise.all([loadPeople(), refreshStatus()]);
     say("gallery-info", `Deleted ${name}.`);
   } catch (err) {
-    say("gallery-info", err.message, true);
+    say("gallery-info", err.message, "bad");
   }
 }
 
@@ -250,7 +384,9 @@ document.addEventListener("DOMContentLoaded", () => {
     searchTimer = setTimeout(search, 250);
   });
   setUpDropZone();
+  $("verify-form").addEventListener("submit", verify);
   $("enroll-form").addEventListener("submit", enroll);
+  $("enroll-form").addEventListener("input", () => { enrollKey = null; }); // another request
   $("token").value = sessionStorage.getItem("tripletkit-token") || "";
-  checkHealth();
+  watchHealth();
 });
