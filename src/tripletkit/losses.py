@@ -13,7 +13,10 @@ embeddings: those are mined and reduced in float32 and the loss stays float32 (a
 triplets overflows float16), while their gradient comes back in their own dtype.
 
 Embeddings must be finite, and so must their distances: embeddings so large (about 1e19 in
-float32) that a squared distance overflows are a ValueError, not a silent zero.
+float32) that a squared distance overflows are a ValueError, not a silent zero. So is a result
+that finite distances cannot give, checked on the loss itself: one that overflows (inf, or NaN
+from the gradient's surrogate: distances near 1e38 in float32 are finite, their sum is not), and
+a hinge loss below zero (beyond the rounding of its sums), which a hinge never is.
 
 The loss never builds a (B, B, B) tensor or a list of all triplets: selection runs without
 gradient on the distance matrix (see :mod:`tripletkit.mining`), and since the loss is a weighted
@@ -28,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,6 +101,9 @@ class _Terms:
     pairs: tuple[Tensor, Tensor, Tensor, Tensor]
     dense: tuple[Tensor, Tensor] | None = None
     dropped: int = 0
+    # batch-all hinge: the positive part the value is a difference from (None: no term of
+    # the value is negative)
+    scale: Tensor | None = None
 
 
 def triplet_loss(
@@ -129,7 +136,7 @@ def triplet_loss(
 
     Raises:
         ValueError: naming the argument at fault; also when embeddings are so large that their
-            distances overflow.
+            distances overflow, or the loss does (see the module docstring).
     """
     check_loss_options(margin, mining, offset, fallback, distance, soft, reduction)
     labels = check_batch(embeddings, labels)
@@ -324,7 +331,9 @@ def _loss(
             x, o.distance, terms.pairs, terms.dense, y, scratch=None if in_place else dist
         )
         loss = (terms.value.to(x.dtype) + surrogate - surrogate.detach()) / divisor
-    return loss, _stats(found, terms)
+    values = _host_values(found, terms, loss)
+    _check_result(values, o, dist, lambda: _too_large(x) if y is None else _too_large(x, y))
+    return loss, _stats(values, terms)
 
 
 class TripletLoss(nn.Module):
@@ -365,17 +374,7 @@ class TripletLoss(nn.Module):
     ) -> tuple[Tensor, TripletStats]:
         """:func:`triplet_loss` with these options; ``margin`` and ``offset``, when given,
         replace the held ones for this call (a :class:`tripletkit.Curriculum`'s values)."""
-        return triplet_loss(
-            embeddings,
-            labels,
-            margin=self.margin if margin is None else margin,
-            mining=self.mining,
-            offset=self.offset if offset is None else offset,
-            fallback=self.fallback,
-            distance=self.distance,
-            soft=self.soft,
-            reduction=self.reduction,
-        )
+        return triplet_loss(embeddings, labels, **self._options(margin, offset))
 
     def relevance(
         self,
@@ -388,18 +387,7 @@ class TripletLoss(nn.Module):
     ) -> tuple[Tensor, TripletStats]:
         """:func:`relevance_triplet_loss` with these options (``margin`` and ``offset`` as in
         :meth:`forward`)."""
-        return relevance_triplet_loss(
-            queries,
-            documents,
-            relevant,
-            margin=self.margin if margin is None else margin,
-            mining=self.mining,
-            offset=self.offset if offset is None else offset,
-            fallback=self.fallback,
-            distance=self.distance,
-            soft=self.soft,
-            reduction=self.reduction,
-        )
+        return relevance_triplet_loss(queries, documents, relevant, **self._options(margin, offset))
 
     def cross(
         self,
@@ -413,19 +401,20 @@ class TripletLoss(nn.Module):
     ) -> tuple[Tensor, TripletStats]:
         """:func:`cross_triplet_loss` with these options (``margin`` and ``offset`` as in
         :meth:`forward`)."""
-        return cross_triplet_loss(
-            anchors,
-            labels,
-            candidates,
-            candidate_labels,
-            margin=self.margin if margin is None else margin,
-            mining=self.mining,
-            offset=self.offset if offset is None else offset,
-            fallback=self.fallback,
-            distance=self.distance,
-            soft=self.soft,
-            reduction=self.reduction,
-        )
+        options = self._options(margin, offset)
+        return cross_triplet_loss(anchors, labels, candidates, candidate_labels, **options)
+
+    def _options(self, margin: float | None, offset: float | None) -> dict[str, Any]:
+        """The held options, with this call's ``margin`` and ``offset`` where given."""
+        return {
+            "margin": self.margin if margin is None else margin,
+            "mining": self.mining,
+            "offset": self.offset if offset is None else offset,
+            "fallback": self.fallback,
+            "distance": self.distance,
+            "soft": self.soft,
+            "reduction": self.reduction,
+        }
 
     def extra_repr(self) -> str:
         return (
@@ -467,9 +456,8 @@ def _all_terms(dist: Tensor, found: Scan, margin: float) -> _Terms:
     anchor, slot = torch.nonzero(valid, as_tuple=True)
     count = found.hinge_count[anchor, slot]
     d_ap = found.d_ap[anchor, slot]
-    value = (count.double() * (d_ap + margin).double()).sum() - found.hinge_sum[
-        valid
-    ].double().sum()
+    scale = (count.double() * (d_ap + margin).double()).sum()
+    value = scale - found.hinge_sum[valid].double().sum()
     pairs = (anchor, found.pos[anchor, slot], count, d_ap)
     return _Terms(
         value,
@@ -477,6 +465,7 @@ def _all_terms(dist: Tensor, found: Scan, margin: float) -> _Terms:
         int(count.sum()),
         pairs,
         dense=(found.neg_weight, dist),  # dist is read for "euclidean" only
+        scale=scale,
     )
 
 
@@ -510,7 +499,25 @@ def _soft_all_terms(dist: Tensor, groups: Groups | Relevance) -> _Terms:
     return _Terms(value, selected, selected, pairs, dense=(neg_weight, dist))
 
 
-def _stats(found: Scan, terms: _Terms) -> TripletStats:
+@dataclass(frozen=True)
+class _HostValues:
+    """What the statistics and the result's check read, copied to the host at once."""
+
+    valid: float
+    hard: float
+    not_easy: float
+    n_ap: float
+    n_an: float
+    sum_d_ap: float
+    sum_d_an: float
+    loss: float  # the returned loss's value
+    value: float  # the unreduced sum of terms
+    scale: float  # the positive part it is a difference from (the value itself, if none)
+
+
+def _host_values(found: Scan, terms: _Terms, loss: Tensor) -> _HostValues:
+    """The scan's totals and the result's values, in one copy to the host."""
+    value = terms.value.detach().double()
     totals = (
         found.valid_triplets,
         found.hard_triplets,
@@ -519,9 +526,35 @@ def _stats(found: Scan, terms: _Terms) -> TripletStats:
         found.n_an,
         found.sum_d_ap,
         found.sum_d_an,
+        loss.detach().double(),
+        value,
+        value if terms.scale is None else terms.scale.double(),
     )
-    # one copy to the host, not seven
-    valid, hard, not_easy, n_ap, n_an, sum_d_ap, sum_d_an = torch.stack(totals).tolist()
+    return _HostValues(*torch.stack([t.to(value.device) for t in totals]).tolist())
+
+
+def _check_result(values: _HostValues, o: _Options, dist: Tensor, hint: Callable[[], str]) -> None:
+    """Raise ValueError when the loss is one that finite distances cannot give: not finite
+    (its sums overflow), or a hinge below zero beyond the rounding of its sums."""
+    if not (math.isfinite(values.loss) and math.isfinite(values.value)):
+        kind = "soft-margin" if o.soft else "hinge"
+        raise ValueError(
+            f"the {o.mining!r} {kind} loss overflows {dist.dtype} although the distances are "
+            f"finite: its terms sum to {values.value:.3g}, the loss comes to {values.loss} "
+            f"({hint()})"
+        )
+    # batch-all's value is a difference of sums, each rounded by at most about n eps of it
+    rounding = dist.shape[1] * torch.finfo(dist.dtype).eps * abs(values.scale)
+    if values.value < -rounding:
+        raise ValueError(
+            f"the {o.mining!r} hinge loss is {values.value:.3g}, below zero, which a hinge "
+            f"never is: its sums lost their precision in {dist.dtype} ({hint()})"
+        )
+
+
+def _stats(host: _HostValues, terms: _Terms) -> TripletStats:
+    valid, hard, not_easy = host.valid, host.hard, host.not_easy
+    n_ap, n_an, sum_d_ap, sum_d_an = host.n_ap, host.n_an, host.sum_d_ap, host.sum_d_an
     share = (lambda k: k / valid) if valid else (lambda k: 0.0)
     return TripletStats(
         triplets=terms.selected,

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,62 @@ def test_index_on_disk_publishes_the_extra_files_with_the_index(trained, tmp_pat
     index_on_disk(load_encoder(encoder, 32), load_beir(beir), cfg, folder, extra, False)
     assert seen and {"encoder.json", "titles.json", "index.faiss"} <= set(seen[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no scratch left
+
+
+def test_search_refuses_an_index_whose_encoder_changed(tmp_path, capsys):
+    """Issue 20, item 11: retraining the model at the index's encoder path made `tripletkit
+    search` encode queries with the new model against the old vectors, silently."""
+    from sentence_transformers import SentenceTransformer
+
+    beir, encoder = make_beir(tmp_path / "beir"), tiny_encoder(tmp_path)
+    settings = [x for item in TINY_SEARCH for x in ("--set", item)]
+    index = tmp_path / "idx"
+    args = ["index", "--data", str(beir), "--model", str(encoder), "--out", str(index)]
+    assert main([*args, "--quiet", *settings]) == 0
+    assert main(["search", "violin number 1", "--index", str(index), "-k", "2"]) == 0
+    model = SentenceTransformer(str(encoder), device="cpu")  # retrained at the same path
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.01)
+    model.save(str(encoder))
+    capsys.readouterr()
+    assert main(["search", "violin number 1", "--index", str(index), "-k", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "changed since this index was built" in captured.err
+
+
+# ---- a resumed search run refuses a changed config (issue 20, item 10) -----------------------
+
+
+def test_resume_refuses_a_config_that_would_train_other_models(tmp_path, capsys):
+    """Regression: `train --task search --resume` under loss.margin=0.5 kept the models trained
+    at 0.2, rewrote config.yaml to say 0.5, and evaluate reported them under it."""
+    beir, encoder = make_beir(tmp_path / "beir"), tiny_encoder(tmp_path)
+    base = ["train", "--task", "search", "--data", str(beir), "--name", "s"]
+    base += ["--runs", str(tmp_path / "runs"), "--quiet", "--set", f"model.path={encoder}"]
+    base += [x for item in [*TINY_SEARCH, "arms=[in_batch]"] for x in ("--set", item)]
+    assert main(base) == 0
+    run = tmp_path / "runs" / "s"
+    config = (run / "config.yaml").read_text()
+    model = (run / "in_batch" / "model" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    for change, named in (
+        (["loss.margin=0.5"], r"loss\.margin 0\.2 -> 0\.5"),
+        (["negatives.n=2", "train.lr=0.1"], r"negatives\.n 1 -> 2, train\.lr 0\.001 -> 0\.1"),
+        (["seeds=[3]"], r"first seed 0 -> 3"),
+    ):
+        sets = [x for item in change for x in ("--set", item)]
+        assert main([*base, "--resume", *sets]) == 2, change
+        err = capsys.readouterr().err
+        assert re.search(
+            rf"cannot resume .*{run.name}: it was trained with other config "
+            rf"settings: {named}",
+            err,
+        ), err
+        assert "Traceback" not in err
+        assert (run / "config.yaml").read_text() == config  # not rewritten
+    # where and how it runs, which arms and what evaluation reads do not change its models
+    free = ["train.threads=2", "arms=[bm25, in_batch]", "index=flat", "data.eval_split=dev"]
+    assert main([*base, "--resume", *[x for item in free for x in ("--set", item)]]) == 0
+    assert (run / "in_batch" / "model" / "model.safetensors").read_bytes() == model
+    assert "eval_split: dev" in (run / "config.yaml").read_text()

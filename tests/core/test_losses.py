@@ -6,7 +6,7 @@ import torch
 
 from conftest import LAYOUTS, random_labels
 from reference import loop_loss
-from tripletkit import TripletLoss, relevance_triplet_loss, triplet_loss
+from tripletkit import TripletLoss, pairwise_distances, relevance_triplet_loss, triplet_loss
 
 OPTIONS = [
     dict(mining=mining, soft=soft, reduction=reduction)
@@ -496,3 +496,78 @@ def test_empty_batch_gives_zero_for_every_option(mining, soft):
     loss, stats = triplet_loss(x, torch.zeros(0, dtype=torch.long), mining=mining, soft=soft)
     loss.backward()
     assert loss.item() == 0.0 and stats.triplets == 0 and x.grad.shape == (0, 3)
+
+
+# Six points on a line 3.5e18 apart in float32: every squared distance is finite (the largest,
+# 3.1e38, just under float32's 3.4e38), but a sum of a few of them is not.
+_HUGE = torch.tensor([[i * 3.5e18, 0.0] for i in range(6)])
+_HUGE_LABELS = [0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_loss_that_overflows_between_finite_distances_is_a_clear_error(
+    mining, soft, gradient_path
+):
+    """Regression: with finite distances near 1e38 the loss overflowed and came back inf (or
+    -inf for batch-all, a difference of two overflowed sums) with no error. Semi-hard's own
+    triplets cost at most margin (log 2 when soft) each, so its fallback triplets overflow."""
+    x = _HUGE.clone().requires_grad_()
+    assert torch.isfinite(pairwise_distances(x.detach())).all()
+    options = {"fallback": "hardest"} if mining == "semi-hard" else {}
+    kind = "soft-margin" if soft else "hinge"
+    with pytest.raises(
+        ValueError,
+        match=rf"the '{mining}' {kind} loss overflows torch.float32 although the distances are "
+        r"finite: .*\(embeddings too large for torch.float32\? largest \|x\| = 1.75e\+19\)",
+    ):
+        triplet_loss(x, _HUGE_LABELS, mining=mining, soft=soft, **options)
+
+
+def test_batch_all_of_random_embeddings_near_1e19_is_a_clear_error_not_minus_inf():
+    """Regression: the issue's case, x * 9e18 for unit vectors: batch-all returned -inf (its
+    positive part was finite in float64, its float32 hinge sums overflowed), hard inf."""
+    x = torch.nn.functional.normalize(
+        torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    )
+    labels = torch.arange(32) % 4
+    assert torch.isfinite(pairwise_distances(x * 9e18)).all()
+    for mining, value in (("all", "sum to -inf"), ("hard", "4.08e[+]39, the loss comes to inf")):
+        with pytest.raises(ValueError, match=f"'{mining}' hinge loss overflows .*{value}"):
+            triplet_loss(x * 9e18, labels, mining=mining)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_semi_hard_triplets_between_huge_distances_keep_their_exact_loss(soft):
+    """Not an error: semi-hard's own triplets (d_an > d_ap) cost at most margin or log 2 each,
+    so at distances near 1e38 the loss is still what float64 gives (here 0: every d_an is
+    d_ap + about 1e37, far beyond the margin)."""
+    loss, stats = triplet_loss(_HUGE, _HUGE_LABELS, mining="semi-hard", soft=soft)
+    want, _ = triplet_loss(_HUGE.double(), _HUGE_LABELS, mining="semi-hard", soft=soft)
+    assert stats.triplets > 0 and torch.isfinite(loss)
+    assert float(loss) == float(want) == 0.0
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_relevance_loss_that_overflows_is_a_clear_error(soft):
+    """The query x document loss checks its result the same way: each query's relevant
+    document is the farthest, so every negative is hard."""
+    q, d = _HUGE[:3], _HUGE[3:]
+    relevant = torch.eye(3, dtype=torch.bool).flip(1)
+    with pytest.raises(ValueError, match="'all' .* loss overflows torch.float32 although"):
+        relevance_triplet_loss(q, d, relevant, mining="all", soft=soft)
+
+
+def test_batch_all_at_a_margin_below_the_distances_rounding_is_not_refused():
+    """The check against a negative hinge leaves room for its sums' rounding: a margin of 1e-7
+    against distances near 4 (below float32's resolution there) gives a loss >= 0 and no error."""
+    x = torch.nn.functional.normalize(
+        torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    )
+    labels = torch.arange(300) % 3
+    for margin in (0.0, 1e-7, 1e-5):
+        loss, stats = triplet_loss(x, labels, mining="all", margin=margin)
+        want, _ = triplet_loss(x.double(), labels, mining="all", margin=margin)
+        assert stats.valid_triplets > 0
+        assert float(loss) >= 0.0
+        torch.testing.assert_close(loss.double(), want, rtol=1e-3, atol=1e-6)

@@ -11,12 +11,14 @@ import torch
 from tripletkit.cli.settings import load_config
 from tripletkit.faces.dlib_resnet import DlibResNet
 from tripletkit.faces.finetune import (
+    FeatureBatches,
     Tail,
     finetune,
     first_trained_level,
     tail_embed,
     trunk_features,
 )
+from tripletkit.train import StepLoss, loss_from_config
 
 SMALL = ["train.p=2", "train.k=2", "train.max_steps=3", "train.warmup_steps=0", "train.lr=1e-3"]
 
@@ -81,3 +83,71 @@ def test_train_levels_out_of_range_is_named():
     cfg = load_config(None, ["model.train_levels=6"])
     with pytest.raises(ValueError, match="model.train_levels must be in 0..5"):
         first_trained_level(cfg)
+
+
+class _Seen(torch.nn.Module):
+    """A stand-in tail that records its input rows and embeds each by its first number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.detach().clone())
+        return torch.nn.functional.normalize(x.flatten(1)[:, :2] + 1.0, dim=1)
+
+
+def test_feature_batches_draw_each_example_or_its_mirror_at_random():
+    """Each example of a batch is its chip's features (view 0) or its mirror's (view 1), each
+    with probability 1/2, drawn from the step's generator: a source that stopped drawing the
+    mirrored view (or always drew it) fails here."""
+    n, views = 8, 2
+    # features[i, v] is filled with 10 i + v: which example and which view a row shows
+    features = (
+        (10.0 * torch.arange(n)[:, None] + torch.arange(views)[None, :])
+        .reshape(n, views, 1, 1, 1)
+        .expand(n, views, 1, 2, 2)
+        .contiguous()
+    )
+    labels = torch.arange(4).repeat_interleave(2)
+    cfg = load_config(None, ["model.backbone=dlib", "train.p=4", "train.k=2"])
+    source = FeatureBatches(features, labels, cfg)
+    model, gen, drawn = _Seen(), torch.Generator().manual_seed(0), []
+    step_loss = StepLoss(loss_from_config(cfg.loss), margin=0.2, offset=0.0)
+    batch = list(range(n))
+    for step in range(200):
+        source.loss(model, step_loss, batch, gen, step)
+        value = model.rows[-1][:, 0, 0, 0]
+        assert torch.equal((value // 10).long(), torch.as_tensor(batch))  # its own example
+        drawn.append(value % 10)
+    view = torch.cat(drawn)
+    assert set(view.tolist()) == {0.0, 1.0}
+    share = float(view.mean())  # 1600 draws: 1/2 +- 0.0125 (1 sd); the seed fixes the draw
+    assert 0.45 < share < 0.55, share
+    # the draw is the step generator's: the same seed draws the same views
+    source.loss(model, step_loss, batch, torch.Generator().manual_seed(0), 0)
+    assert torch.equal(model.rows[-1][:, 0, 0, 0] % 10, drawn[0])
+    # one view cached (no mirror): always the chip itself
+    plain = FeatureBatches(features[:, :1], labels, cfg)
+    model = _Seen()
+    plain.loss(model, step_loss, list(range(8)), torch.Generator().manual_seed(0), 0)
+    assert torch.equal(model.rows[-1][:, 0, 0, 0] % 10, torch.zeros(8))
+
+
+def test_fine_tuning_learns_from_the_mirrored_features(tiny, tmp_path):
+    """The tuned weights depend on the mirrored view of the cache: with view 1 replaced by the
+    chip's own features they come out otherwise (and the same features tune the same)."""
+    net, chips, labels = tiny
+    cfg = load_config(None, ["model.backbone=dlib", "model.train_levels=1", *SMALL])
+    features = trunk_features(net, chips, first_trained_level(cfg), mirror=True, progress=False)
+    assert not torch.equal(features[:, 0], features[:, 1])
+    unmirrored = features[:, :1].expand_as(features).contiguous()
+
+    def tuned(feats, name):
+        model = finetune(net, feats, labels, cfg, tmp_path / name, progress=False)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    with_mirror, again = tuned(features, "a"), tuned(features, "b")
+    without = tuned(unmirrored, "c")
+    assert all(torch.equal(with_mirror[k], again[k]) for k in with_mirror)
+    assert any(not torch.equal(with_mirror[k], without[k]) for k in with_mirror)

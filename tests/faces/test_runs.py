@@ -153,3 +153,28 @@ def test_demo_report_quotes_a_scratch_run_only_with_the_same_people(tmp_path):
     assert _quote_scratch(run, cfg, summary) is None and summary == {}
     (scratch / "run.json").unlink()
     assert _quote_scratch(run, cfg, summary) is None and summary == {}
+
+
+def test_one_fold_alone_draws_the_people_of_that_fold_of_a_full_run(tmp_path):
+    """data.fold=N does not change results: fold N alone has the training, validation and
+    test people of fold N of a full run (the validation draw is seeded by the fold's number,
+    not its position in the list of folds that run)."""
+    source = make_faces(tmp_path / "faces", identities=12, per_id=2)
+    settings = [*TINY, f"data.source={source}", "data.folds=3", "data.val_people=3"]
+    full_cfg = load_config(None, [*settings, "data.fold=all"])
+    data = load_faces(full_cfg.data)
+    full = folds(full_cfg.data, data)
+    assert [f.name for f in full] == ["fold0", "fold1", "fold2"]
+    for n, whole in enumerate(full):
+        (alone,) = folds(load_config(None, [*settings, f"data.fold={n}"]).data, data)
+        assert alone.name == whole.name
+        for part in ("train", "val", "test"):
+            assert np.array_equal(getattr(alone, part), getattr(whole, part)), (n, part)
+    # the folds of a full run draw their validation people with seeds [seed, fold number]
+    # (the draw make demo's published numbers were made with)
+    people = np.unique(data.labels.numpy())
+    for n, whole in enumerate(full):
+        test_people = np.unique(data.labels.numpy()[whole.test])
+        trainable = np.setdiff1d(people, test_people)
+        expected = validation_people(trainable, 3, [full_cfg.data.seed, n])
+        assert np.array_equal(np.unique(data.labels.numpy()[whole.val]), expected)

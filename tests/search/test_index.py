@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -255,3 +257,120 @@ def test_load_reads_again_when_the_folder_is_replaced_while_it_reads(
 
     monkeypatch.setattr(index_module, "_read", read_then_replace)
     assert Index.load(tmp_path / "idx").ids == new.ids
+
+
+def _meta(folder, edit):
+    """Rewrite ``folder/meta.json`` through ``edit`` (the parsed object -> the new one)."""
+    path = folder / "meta.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _without(key):
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def _params(**params):
+    return lambda meta: meta | {"params": params}
+
+
+DAMAGED = {
+    "meta.json without kind": (
+        "flat",
+        lambda f: _meta(f, _without("kind")),
+        r"meta\.json: no 'kind'",
+    ),
+    "meta.json without params": (
+        "flat",
+        lambda f: _meta(f, _without("params")),
+        r"meta\.json: no 'params'",
+    ),
+    "meta.json without ids": ("flat", lambda f: _meta(f, _without("ids")), r"meta\.json: no 'ids'"),
+    "meta.json a list": ("flat", lambda f: (f / "meta.json").write_text("[1, 2]"), "a JSON object"),
+    "meta.json not JSON": (
+        "flat",
+        lambda f: (f / "meta.json").write_text("{kind"),
+        "not valid JSON",
+    ),
+    "meta.json not UTF-8": (
+        "flat",
+        lambda f: (f / "meta.json").write_bytes(b"\xff\xfe{"),
+        "not valid JSON",
+    ),
+    "an unknown kind": (
+        "flat",
+        lambda f: _meta(f, lambda m: m | {"kind": "lsh"}),
+        r"'kind' must be one of .* got 'lsh'",
+    ),
+    "ids not a list": (
+        "flat",
+        lambda f: _meta(f, lambda m: m | {"ids": 5}),
+        "'ids' must be a list",
+    ),
+    "params a list": (
+        "flat",
+        lambda f: _meta(f, lambda m: m | {"params": [1]}),
+        "'params' must be an object",
+    ),
+    "an hnsw without ef_search": ("hnsw", lambda f: _meta(f, _params()), r"params\.ef_search"),
+    "an ivfpq without nprobe": (
+        "ivfpq",
+        lambda f: _meta(f, _params(quantizer="flat")),
+        r"params\.nprobe",
+    ),
+    "index.faiss garbage": (
+        "flat",
+        lambda f: (f / "index.faiss").write_bytes(b"garbage" * 10),
+        r"index\.faiss: not a readable FAISS index",
+    ),
+    "index.faiss empty": (
+        "flat",
+        lambda f: (f / "index.faiss").write_bytes(b""),
+        r"index\.faiss: not a readable FAISS index",
+    ),
+    "index.faiss truncated": (
+        "hnsw",
+        lambda f: (f / "index.faiss").write_bytes((f / "index.faiss").read_bytes()[:5000]),
+        r"index\.faiss: not a readable FAISS index",
+    ),
+    "index.faiss of another kind": (
+        "flat",
+        lambda f: _meta(f, lambda m: m | {"kind": "hnsw", "params": {"ef_search": 8}}),
+        r"index\.faiss: a FAISS IndexFlatIP, not the 'hnsw' index meta\.json names",
+    ),
+    "index.faiss of other vectors": (
+        "flat",
+        lambda f: _meta(f, lambda m: m | {"ids": m["ids"][:-1]}),
+        r"index has 300 vectors but 299 ids",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_index_folder_is_a_clear_error_naming_the_file(vectors, tmp_path, damage):
+    """Regression (issue 20, item 14): meta.json without a key, an index.faiss of garbage and
+    the like raised KeyError, TypeError or FAISS's RuntimeError (a C++ trace) from Index.load,
+    a traceback from `tripletkit search` and the service, instead of a ValueError."""
+    kind, edit, message = DAMAGED[damage]
+    docs, _ = vectors
+    folder = tmp_path / "idx"
+    Index.build(docs[:300], [f"d{i}" for i in range(300)], kind, nlist=4, pq_m=8).save(folder)
+    Index.load(folder)  # whole, it loads
+    edit(folder)
+    with pytest.raises(ValueError, match=message) as caught:
+        Index.load(folder)
+    assert str(folder) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"max_seq_length": 32}, {"path": None}, [None, 32], "encoder", None],
+    ids=["without path", "without max_seq_length", "a list", "a string", "null"],
+)
+def test_a_damaged_encoder_json_is_a_clear_error_naming_the_file(tmp_path, spec):
+    """encoder.json without path (or otherwise not {path, max_seq_length}) names the file."""
+    from tripletkit.search.indexing import ENCODER_FILE, folder_encoder
+
+    (tmp_path / ENCODER_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=rf"{ENCODER_FILE}: expected \{{path, max_seq_length\}}"):
+        folder_encoder(tmp_path)

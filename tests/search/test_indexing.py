@@ -111,3 +111,10 @@ def test_progress_is_reported_and_the_vectors_are_the_unchunked_ones(built, tmp_
     whole = encode(model, corpus.texts, progress=False)  # one call, as without on_progress
     np.testing.assert_allclose(stored, whole, atol=1e-5)
     assert index.ids == corpus.ids
+
+
+@pytest.mark.parametrize("path", [3, ["a"], {"p": 1}, True])
+def test_an_encoder_path_that_is_not_a_folder_name_is_named(tmp_path, path):
+    (tmp_path / ENCODER_FILE).write_text(json.dumps({"path": path, "max_seq_length": 32}))
+    with pytest.raises(ValueError, match="path must be a folder name or null"):
+        folder_encoder(tmp_path)

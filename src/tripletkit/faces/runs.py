@@ -1,7 +1,8 @@
 """Who is in which part of a faces run, and the record that keeps a run honest.
 
 Each identity fold holds out a test part of the people; from the rest, ``data.val_people``
-validation people are carved (seeded by ``data.seed`` and the fold), and the others train.
+validation people are carved (seeded by ``data.seed`` and the fold's number, so ``data.fold=N``
+alone draws the people of fold N of a full run), and the others train.
 Every choice (thresholds, training steps, the recipe) is made on validation people; test
 people are read only for the final table.
 
@@ -62,19 +63,23 @@ def folds(cfg: DataConfig, data: ImageSet) -> list[Fold]:
     everyone = np.arange(len(labels))
     people = np.unique(labels)
     if cfg.fold == "none":
-        chosen: list[tuple[str, np.ndarray]] = [("all", people[:0])]
+        numbers, parts = [0], [people[:0]]
     else:
         parts = identity_folds(len(data.names), cfg.folds, cfg.seed)
         if cfg.fold == "all":
-            chosen = [(f"fold{k}", parts[k]) for k in range(cfg.folds)]
+            numbers = list(range(cfg.folds))
         elif cfg.fold.isdigit() and int(cfg.fold) < cfg.folds:
-            chosen = [(f"fold{cfg.fold}", parts[int(cfg.fold)])]
+            numbers = [int(cfg.fold)]
         else:
             raise ValueError(
                 f"data.fold must be 'all', 'none' or 0..{cfg.folds - 1}, got {cfg.fold!r}"
             )
     out = []
-    for k, (name, test_people) in enumerate(chosen):
+    for k in numbers:
+        # Seeded by the fold's number, so data.fold=k alone draws the people of fold k of a
+        # full run.
+        name = "all" if cfg.fold == "none" else f"fold{k}"
+        test_people = parts[k]
         trainable = np.setdiff1d(people, test_people)
         val_people = validation_people(trainable, cfg.val_people, [cfg.seed, k])
         test, val = np.isin(labels, test_people), np.isin(labels, val_people)

@@ -375,19 +375,78 @@ def _write_files(tmp: Path, index: Any, meta: dict[str, Any], extra: dict[str, s
 
 
 def _read(folder: Path) -> tuple[Any, list[str], str, dict[str, Any]]:
-    """(FAISS index, ids, kind, params) from the files of ``folder``."""
+    """(FAISS index, ids, kind, params) from the files of ``folder``.
+
+    Raises:
+        ValueError: naming the file: missing; ``meta.json`` not JSON or without a valid
+            ``kind``, ``params`` or ``ids``; ``index.faiss`` not a FAISS index, another kind of
+            index than ``meta.json`` says, or holding another number of vectors than ids.
+    """
     faiss = faiss_module()
     meta_path, index_path = folder / "meta.json", folder / "index.faiss"
     if not meta_path.is_file() or not index_path.is_file():
         raise ValueError(f"no index in {folder} (expected index.faiss and meta.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    kind, params, ids = _read_meta(meta_path)
     flags = 0
-    if meta["params"].get("on_disk"):
+    if params.get("on_disk"):
         if not (folder / LISTS_FILE).is_file():
             raise ValueError(f"{folder}: the index keeps its lists in {LISTS_FILE}, missing")
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR
-    index = faiss.read_index(str(index_path), flags)
-    if index.ntotal != len(meta["ids"]):
-        raise ValueError(f"{folder}: index has {index.ntotal} vectors but {len(meta['ids'])} ids")
-    _set_search_params(index, meta["kind"], meta["params"])
-    return index, meta["ids"], meta["kind"], meta["params"]
+    try:
+        index = faiss.read_index(str(index_path), flags)
+    except RuntimeError as err:  # FAISS reports a damaged file as a C++ exception
+        reason = str(err).strip().splitlines()[-1][-200:] if str(err).strip() else "unreadable"
+        raise ValueError(
+            f"{index_path}: not a readable FAISS index ({reason}); rebuild it with tripletkit index"
+        ) from None
+    expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}[kind]
+    if not isinstance(index, expected):
+        raise ValueError(
+            f"{index_path}: a FAISS {type(index).__name__}, not the {kind!r} index "
+            f"{meta_path.name} names"
+        )
+    if index.ntotal != len(ids):
+        raise ValueError(
+            f"{folder}: index has {index.ntotal} vectors but {len(ids)} ids "
+            f"({index_path.name} and {meta_path.name} do not match)"
+        )
+    _set_search_params(index, kind, params)
+    return index, ids, kind, params
+
+
+# the search parameters each kind reads from meta.json's "params" (integers)
+_SEARCH_PARAMS = {"flat": (), "hnsw": ("ef_search",), "ivfpq": ("nprobe",)}
+
+
+def _read_meta(path: Path) -> tuple[str, dict[str, Any], list[str]]:
+    """(kind, params, ids) of ``meta.json``, checked.
+
+    Raises:
+        ValueError: naming ``path`` and the key at fault.
+    """
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object with kind, params and ids")
+    missing = [key for key in ("kind", "params", "ids") if key not in meta]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(map(repr, missing))} (expected kind, params, ids)")
+    kind, params, ids = meta["kind"], meta["params"], meta["ids"]
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"{path}: 'kind' must be one of {INDEX_KINDS}, got {kind!r}")
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: 'params' must be an object, got {params!r}")
+    needed = list(_SEARCH_PARAMS[kind])
+    if kind == "ivfpq" and params.get("quantizer") == "hnsw":
+        needed.append("ef_search")
+    for key in needed:
+        value = params.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"{path}: a {kind!r} index needs params.{key}, an integer >= 1, got {value!r}"
+            )
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"{path}: 'ids' must be a list of document id strings")
+    return kind, params, ids

@@ -8,7 +8,8 @@ embeddings, shared by its evaluation and by the miner); one folder per fine-tune
 (``mined_filtered/``, ``mined_filtered-seed1/`` ...; :mod:`tripletkit.search.arms`) with
 ``model/`` (sentence-transformers format), the training log, mined negatives and the dev curve;
 and after :func:`tripletkit.search.evaluation.evaluate` ``metrics.json``, ``report.md``, TREC
-run files and the qrels they were scored against.
+run files and the qrels they were scored against. A resumed run keeps the models it has, so
+it refuses a config whose settings would train other ones (:func:`check_resume`).
 
 Where things live: the data (:mod:`~tripletkit.search.data`), the arms and what each knows
 (:mod:`~tripletkit.search.arms`), mining shared across arms
@@ -29,12 +30,21 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..config import to_dict, write_config
+from ..checkpoint import RUN_ONLY_KEYS, flatten
+from ..config import read_config, to_dict, write_config
 from ..losses import TripletStats
 from ..sampling import ShuffledBatches
 from ..train import Evaluation, StepLoss, curriculum_from_config, fit, loss_from_config
 from . import metrics
-from .arms import TRAINED, arm_folder, check_config, mining_config, seeds_of, training_view
+from .arms import (
+    TRAINED,
+    all_seeds,
+    arm_folder,
+    check_config,
+    mining_config,
+    seeds_of,
+    training_view,
+)
 from .config import SearchConfig
 from .corpus_mining import ZeroShotMiner, remine_with, write_mined
 from .data import Retrieval, load_data
@@ -42,6 +52,21 @@ from .encoder import embed, load_encoder, save_encoder
 from .encodings import encode_sharded
 from .index import Index
 from .retrieval import TOP_K, dev_subset
+
+# SearchConfig keys that do not change what a run's models are: the arms and seeds that run
+# (each arm and seed has its own folder; the first seed's is checked apart, see
+# check_resume), where the wiki data is cached, what evaluation scores and with which index,
+# where and how training runs.
+FREE_KEYS = (
+    "name",
+    "arms",
+    "seeds",
+    "one_seed",
+    "data.cache",
+    "data.eval_split",
+    "index",
+    *(f"train.{k}" for k in RUN_ONLY_KEYS),
+)
 
 
 class SearchBatches:
@@ -148,11 +173,22 @@ def train(
     and shared by its seeds; the zero-shot encodings are cached in ``<run>/base``.
 
     Raises:
-        ValueError: an unknown arm or a repeated seed (naming the config key).
+        ValueError: an unknown arm or a repeated seed (naming the config key); with
+            ``resume``, a run trained under other settings (:func:`check_resume`).
     """
     check_config(cfg)
     run = Path(run_dir)
     distributed.check_same(to_dict(cfg))
+    if resume:  # rank 0 reads the run's config.yaml; every rank refuses with it
+        refused = None
+        if distributed.is_main():
+            try:
+                check_resume(run, cfg)
+            except ValueError as err:
+                refused = str(err)
+        refused = distributed.broadcast(refused, "resume check")
+        if refused is not None:
+            raise ValueError(refused)
     # rank 0 loads (and for "wiki" builds) the data once, and sends it to the others
     data = distributed.broadcast(load_data(cfg) if distributed.is_main() else None, "data")
     assert data is not None
@@ -169,6 +205,42 @@ def train(
                 train_arm(seeded, data, folder, arm, miner, resume=resume, progress=progress)
             done.append(folder / "model")
     return done
+
+
+def shaping_settings(cfg: SearchConfig) -> dict[str, Any]:
+    """The config as a flat dict of dotted keys, less :data:`FREE_KEYS`."""
+    return {k: v for k, v in flatten(to_dict(cfg)).items() if k not in FREE_KEYS}
+
+
+def check_resume(run: Path, cfg: SearchConfig) -> None:
+    """Refuse to resume ``run`` under ``cfg`` when its ``config.yaml`` (written when it
+    started) has other settings that shape its models: the models trained before would be
+    kept, and evaluated under settings they were not trained with. A run without
+    ``config.yaml`` has nothing to check.
+
+    Raises:
+        ValueError: naming each setting that differs (``key old -> new``), the first seed
+            when it changed (its models are in the arms' own folders, ``mined_filtered/``), or
+            an unreadable ``config.yaml``.
+    """
+    path = run / "config.yaml"
+    if not path.is_file():
+        return
+    old = read_config(SearchConfig, path)
+    a, b = shaping_settings(old), shaping_settings(cfg)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "(unset)") != b.get(k, "(unset)"))
+    problems = [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys]
+    first, now = all_seeds(old)[0], all_seeds(cfg)[0]
+    if first != now:
+        problems.append(
+            f"first seed {first} -> {now} (seeds: the arms' own folders hold seed {first}'s models)"
+        )
+    if problems:
+        raise ValueError(
+            f"cannot resume {run}: it was trained with other config settings: "
+            + ", ".join(problems)
+            + "; start a new run (another --name) or train it again without --resume"
+        )
 
 
 def train_arm(
