@@ -74,11 +74,16 @@ def test_cache_key_follows_file_bytes_settings_and_versions(tmp_path, monkeypatc
     assert chips.cache_key(faces, files, ChipSettings()) != key
 
 
-def test_a_broken_cache_file_is_computed_again(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "first-half", "last-half"])
+def test_a_broken_cache_file_is_computed_again(tmp_path, damage):
+    """Regression (issue 20, item 14): a cache file cut short inside its zip directory raised
+    zipfile.BadZipFile from np.load instead of being computed again."""
     faces = make_faces(tmp_path / "faces", identities=2, per_id=2)
     first = load_chips(str(faces), cache=tmp_path / "cache", progress=False)
     (stored,) = (tmp_path / "cache" / "chips").glob("*.npz")
-    stored.write_bytes(b"cut short")
+    data = stored.read_bytes()
+    cut = {"garbage": b"cut short", "first-half": data[: len(data) // 2]}
+    stored.write_bytes(cut.get(damage, data[len(data) // 2 :]))
     again = load_chips(str(faces), cache=tmp_path / "cache", progress=False)
     assert np.array_equal(again.images.numpy(), first.images.numpy())
 

@@ -232,6 +232,24 @@ def best_face(
     return _face(rgb, (0, 0, width, height), float("nan"), size, padding)
 
 
+def face_in_box(image: Image.Image, box: Box, *, size: int = 150, padding: float = 0.25) -> Face:
+    """The face whose box is known (found on another copy of the same photo, say the clean one
+    for a degraded copy): 5-point landmarks predicted inside ``box`` on ``image`` itself, and
+    the aligned chip, without running a detector.
+
+    Args:
+        image: any mode and size; EXIF orientation applied first.
+        box: (left, top, right, bottom) in ``image``'s pixels.
+        size, padding: as in ``find_faces``.
+
+    Returns:
+        the face (score NaN: nothing was detected here).
+    """
+    _check_options("hog", 0, size, padding, 16)
+    left, top, right, bottom = (int(v) for v in box)
+    return _face(_upright_rgb(image), (left, top, right, bottom), float("nan"), size, padding)
+
+
 def chip_from_landmarks(
     rgb: np.ndarray, landmarks: np.ndarray, *, size: int = 150, padding: float = 0.25
 ) -> np.ndarray:

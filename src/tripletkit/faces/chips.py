@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -92,13 +93,13 @@ def source_files(source: str) -> tuple[Path, list[tuple[str, list[Path]]]]:
     return root, list_identities(root, SUFFIXES)
 
 
-def cache_key(root: Path, files: list[Path], settings: ChipSettings) -> str:
+def cache_key(root: Path, files: list[Path], settings: ChipSettings | dict[str, Any]) -> str:
     """SHA-256 (hex) of the files' paths relative to ``root`` and their bytes, ``settings``,
     the package versions that shape a chip and :data:`CACHE_FORMAT`."""
     digest = hashlib.sha256()
     header = {
         "format": CACHE_FORMAT,
-        "settings": settings.__dict__,
+        "settings": settings if isinstance(settings, dict) else settings.__dict__,
         "versions": {p: _version(p) for p in ("dlib-bin", "pillow", "numpy")},
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
@@ -147,10 +148,10 @@ def load_chips(
     files = [path for _, paths in groups for path in paths]
     key = cache_key(root, files, settings)
     path = (Path(cache) if cache is not None else cache_dir()) / "chips" / f"{key}.npz"
-    stored = _read(path)
+    stored = read_arrays(path, _KEYS)
     if stored is None:
         stored = _compute(root, groups, settings, progress)
-        _write(path, stored)
+        write_arrays(path, stored)
     # paths are stored relative to the source folder: the same files elsewhere (another
     # checkout, another virtual environment) share the cache
     problems = [
@@ -228,19 +229,21 @@ def _report(problems: list[tuple[str, str]], strict: bool) -> None:
 _KEYS = ("chips", "labels", "names", "paths", "bad", "bad_why")
 
 
-def _read(path: Path) -> dict[str, np.ndarray] | None:
-    """The stored arrays, or None when absent or unreadable (then they are computed again)."""
+def read_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays ``keys`` stored in the ``.npz`` at ``path``, or None when it is absent,
+    unreadable, damaged or lacks one of them (the caller then computes them again)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as stored:
-            out = {k: stored[k] for k in _KEYS}
-    except (OSError, ValueError, KeyError):
+            return {k: stored[k] for k in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    return out
 
 
-def _write(path: Path, arrays: dict[str, Any]) -> None:
+def write_arrays(path: Path, arrays: dict[str, Any]) -> None:
+    """``arrays`` as an ``.npz`` at ``path``, atomically."""
+
     def write(tmp: Path) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
