@@ -49,7 +49,7 @@ def test_the_zero_shot_encodings_are_computed_once_and_cached(tiny, tmp_path, en
     docs, queries, _ = first.encodings()
     first.encodings()
     assert encodings == [len(data.corpus), len(qrels)]  # corpus, then training queries
-    model = load_encoder(encoder, 32)
+    model = load_encoder(encoder, 32, cfg.model.runtime)  # what the miner encodes with
     np.testing.assert_allclose(
         queries, encode(model, [data.queries[q] for q in sorted(qrels)], 16, False), atol=1e-6
     )

@@ -107,7 +107,7 @@ def _mine(args: argparse.Namespace) -> int:
     miner = mining_config(cfg, arm)
     assert isinstance(miner, MiningConfig)
     out = Path(args.out)
-    model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
+    model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length, cfg.model.runtime)
     cache = out.with_suffix(".corpus.npz")
     with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
         mined = mine_with(model, data, qrels, cfg, miner, cache, not args.quiet)
@@ -135,7 +135,7 @@ def _index(args: argparse.Namespace) -> int:
 
     cfg = args.config_of(args)
     data = load_data(cfg)
-    model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length)
+    model = load_encoder(args.model or cfg.model.path, cfg.model.max_seq_length, cfg.model.runtime)
     kind = "ivfpq" if args.on_disk else args.kind
     with distributed.session(cfg.train.timeout, cfg.train.backend):  # torchrun: sharded encoding
         index_corpus(

@@ -64,7 +64,12 @@ class ModelConfig:
     model per fold on the chips of every ``data.lowres`` factor together (the same person at
     several resolutions in one batch) instead of one model per factor. ``eval_every``: log
     VAL@1e-3 and EER on the validation people every that many steps (0: at the start and the
-    end only). ``far``: the false-accept rate of the verification threshold.
+    end only). ``far``: the false-accept rate of the verification threshold. ``runtime``: what
+    runs the saved dlib model for inference (the commands that embed, the service): "torch",
+    "onnx" (ONNX Runtime, fp32: the default, the port's descriptors at cosine >= 0.9999 and
+    faster) or "onnx-int8" (statically quantised); see :mod:`tripletkit.faces.runtime` and
+    benchmarks/inference_cpu.md. Training runs PyTorch whatever it says, and so does a scratch
+    model (its ``--runtime onnx`` is an error).
     """
 
     backbone: str = "scratch"
@@ -73,6 +78,7 @@ class ModelConfig:
     mix_resolutions: bool = False
     eval_every: int = 0
     far: float = 1e-3
+    runtime: str = "onnx"
     stages: tuple[int, ...] = (16, 32, 64, 128)
     blocks: int = 1
     dim: int = 128

@@ -10,6 +10,11 @@ Two kinds of model:
   (:class:`~tripletkit.faces.cnn.ResNetEmbedder`) on the face box (or whole image), made gray
   or RGB and resized as its config says.
 
+Runtimes: the dlib kind runs its network in PyTorch (``"torch"``, the default) or through
+ONNX Runtime, fp32 (``"onnx"``) or int8 (``"onnx-int8"``), exported once and kept
+(:mod:`tripletkit.faces.runtime`); the runtime comes from the caller (``--runtime``), else from
+the model folder's config (``model.runtime``). Training always runs PyTorch.
+
 A model folder holds ``model.json`` (the weights file's name, ``kind``, the run's config, the
 thresholds and what they were calibrated on) and the weights (``model.safetensors``), and
 during training its checkpoint and log. It is written as one unit
@@ -28,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +43,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .._io import atomic_folder, write_json
+from .._onnx import check_runtime
 from ..config import from_dict, to_dict
 from . import metrics
 from .align import best_face
@@ -46,6 +52,7 @@ from .config import FacesConfig
 from .dlib_resnet import DlibResNet
 from .images import to_float
 from .pretrained import load_dlib_resnet
+from .runtime import DEFAULT_RUNTIME, OnnxDescriptor, is_export, load_onnx
 
 if TYPE_CHECKING:
     from .align import Face
@@ -80,6 +87,8 @@ class FaceModel:
         cluster_threshold: agglomerative clustering's distance threshold.
         config: the training run's config (None for the stock pretrained model).
         calibration: what the thresholds were calibrated on, in words.
+        runtime: "torch", "onnx" or "onnx-int8" (see :mod:`tripletkit.faces.runtime`).
+        session: the ONNX Runtime session :meth:`embed` runs (None: ``net`` runs).
     """
 
     net: torch.nn.Module
@@ -88,6 +97,8 @@ class FaceModel:
     cluster_threshold: float
     config: FacesConfig | None = None
     calibration: str = ""
+    runtime: str = "torch"
+    session: OnnxDescriptor | None = None
 
     def prepare(self, image: Image.Image, face: Face | None = None) -> torch.Tensor:
         """One photo (and optionally a face found in it) -> this model's input.
@@ -118,7 +129,10 @@ class FaceModel:
         return torch.from_numpy(np.array(array, dtype=np.uint8, order="C", copy=True))
 
     def embed(self, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """(N, C, H, W) uint8 from :meth:`prepare` -> (N, 128) float32 unit rows."""
+        """(N, C, H, W) uint8 from :meth:`prepare` -> (N, 128) float32 unit rows, through
+        :attr:`session` when there is one, else ``net``; ``batch_size`` inputs at a time."""
+        if self.session is not None:
+            return self.session.embed(inputs, batch_size)
         if self.kind == "dlib":
             return embed_chips(self.net, inputs, batch_size)
         return embed_scratch(self.net, inputs, batch_size)
@@ -220,7 +234,9 @@ def save_model(
     meta = {"weights": WEIGHTS, "kind": kind, "config": to_dict(cfg), **thresholds}
     with atomic_folder(folder) as tmp:
         if folder.is_dir():
-            _carry_over(folder, tmp, skip={WEIGHTS, "model.json"})
+            # ONNX exports are of the old weights: not carried over
+            stale = {p.name for p in folder.iterdir() if is_export(p.name)}
+            _carry_over(folder, tmp, skip={WEIGHTS, "model.json", *stale})
         save_file(weights, str(tmp / WEIGHTS))
         write_json(tmp / "model.json", meta)
 
@@ -318,15 +334,23 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, FacesConfig, dict[s
     return net, cfg, {k: float(meta[k]) for k in ("threshold", "cluster_threshold")}
 
 
-def load_face_model(spec: str | Path) -> FaceModel:
+def load_face_model(spec: str | Path, runtime: str | None = None) -> FaceModel:
     """``"dlib"`` (the stock pretrained descriptor, thresholds :data:`STOCK_THRESHOLD` and
-    :data:`STOCK_CLUSTER_THRESHOLD`) or a model folder written by training.
+    :data:`STOCK_CLUSTER_THRESHOLD`) or a model folder written by training, to run on
+    ``runtime`` (None: the folder's ``model.runtime``;
+    :data:`~tripletkit.faces.runtime.DEFAULT_RUNTIME` for the stock descriptor). An ONNX
+    runtime's export is built on first use: in the model folder, or in the cache folder
+    for the stock descriptor (:func:`tripletkit.faces.runtime.load_onnx`).
 
     Raises:
-        ValueError: anything else, naming it; a model folder that is missing or incomplete.
+        ValueError: anything else, naming it; a model folder that is missing or incomplete; a
+            runtime that is not one of :data:`tripletkit._onnx.RUNTIMES` (naming where
+            it came from), or an ONNX one for a scratch model.
     """
+    if runtime is not None:
+        check_runtime(runtime, "runtime")
     if str(spec) == "dlib":
-        return FaceModel(
+        model = FaceModel(
             load_dlib_resnet(),
             "dlib",
             STOCK_THRESHOLD,
@@ -334,6 +358,7 @@ def load_face_model(spec: str | Path) -> FaceModel:
             None,
             STOCK_CALIBRATION,
         )
+        return with_runtime(model, runtime or DEFAULT_RUNTIME, None)
     folder = Path(spec)
     if not folder.is_dir():
         raise ValueError(
@@ -342,7 +367,11 @@ def load_face_model(spec: str | Path) -> FaceModel:
         )
     net, cfg, thresholds = load_model(folder)
     meta = read_meta(folder)
-    return FaceModel(
+    if runtime is None:  # the folder's setting, which a scratch model leaves to PyTorch
+        runtime = check_runtime(cfg.model.runtime, f"model.runtime of {folder / 'model.json'}")
+        if meta["kind"] != "dlib":
+            runtime = "torch"
+    model = FaceModel(
         net,
         meta["kind"],
         thresholds["threshold"],
@@ -350,3 +379,23 @@ def load_face_model(spec: str | Path) -> FaceModel:
         cfg,
         str(meta.get("calibration", "training people (an older model folder)")),
     )
+    return with_runtime(model, runtime, folder)
+
+
+def with_runtime(model: FaceModel, runtime: str, folder: Path | None) -> FaceModel:
+    """``model`` running on ``runtime``; an ONNX runtime's export lives in ``folder`` (None:
+    the cache folder).
+
+    Raises:
+        ValueError: a bad runtime; an ONNX runtime for a scratch model.
+    """
+    check_runtime(runtime, "runtime")
+    if runtime == "torch":
+        return replace(model, runtime=runtime, session=None)
+    if model.kind != "dlib" or not isinstance(model.net, DlibResNet):
+        where = f" ({folder})" if folder is not None else ""
+        raise ValueError(
+            f"runtime {runtime!r} runs dlib's ResNet only; this is a {model.kind} model{where}: "
+            "use runtime 'torch'"
+        )
+    return replace(model, runtime=runtime, session=load_onnx(model.net, runtime, folder))

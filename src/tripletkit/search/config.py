@@ -21,12 +21,16 @@ class TextDataConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The sentence-transformers encoder: a folder (None: all-MiniLM-L6-v2), tokens per text
-    and encoding batch size."""
+    """The sentence-transformers encoder: a folder (None: all-MiniLM-L6-v2), tokens per text,
+    encoding batch size, and what runs it where no gradient is needed (indexing, corpus
+    encoding for mining and evaluation, the service): "torch", "onnx" or "onnx-int8" (ONNX
+    Runtime, see :mod:`tripletkit.search.runtime`; the default was chosen on the wiki dev split
+    by benchmarks/bench_inference.py). Training runs the SentenceTransformer whatever it says."""
 
     path: str | None = None
     max_seq_length: int = 128
     batch_size: int = 64
+    runtime: str = "onnx-int8"
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class ZeroShotMiner:
         over the corpus vectors, computed (or read from the cache) once."""
         if self._state is None:
             cfg, data = self.cfg, self.data
-            model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
+            model = load_encoder(cfg.model.path, cfg.model.max_seq_length, cfg.model.runtime)
             docs = corpus_vectors(model, data, cfg, self.folder / "corpus.npz", self.progress)
             cache = self.folder / f"queries.{cfg.data.train_split}.npz"
             texts = [data.queries[q] for q in self.qids]

@@ -15,6 +15,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from .._io import atomic_folder
+from .._onnx import check_runtime
+from .runtime import load_onnx
 
 
 def default_model_path() -> Path:
@@ -25,16 +27,23 @@ def default_model_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def load_encoder(path: str | Path | None = None, max_seq_length: int = 128) -> Any:
-    """A SentenceTransformer on the CPU, offline (nothing is downloaded).
+def load_encoder(
+    path: str | Path | None = None, max_seq_length: int = 128, runtime: str = "torch"
+) -> Any:
+    """A SentenceTransformer on the CPU, offline (nothing is downloaded), run by ``runtime``:
+    itself ("torch", what training needs) or through ONNX Runtime ("onnx", "onnx-int8": an
+    :class:`~tripletkit.search.runtime.OnnxTextEncoder`, exported on first use).
 
     Args:
         path: a sentence-transformers folder; None for the default model.
         max_seq_length: tokens per text (longer texts are truncated).
+        runtime: one of :data:`tripletkit._onnx.RUNTIMES`.
 
     Raises:
-        ValueError: naming the folder when it holds no model.
+        ValueError: naming the folder when it holds no model; a bad runtime (see
+            :func:`tripletkit.search.runtime.load_onnx`).
     """
+    check_runtime(runtime)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -48,7 +57,9 @@ def load_encoder(path: str | Path | None = None, max_seq_length: int = 128) -> A
         raise ValueError(f"no sentence-transformers model in {folder} (modules.json missing)")
     model = SentenceTransformer(str(folder), device="cpu")
     model.max_seq_length = max_seq_length
-    return model
+    if runtime == "torch":
+        return model
+    return load_onnx(model, runtime, path)
 
 
 def encode(

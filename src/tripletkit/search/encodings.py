@@ -24,6 +24,7 @@ from .._io import atomic_write
 from .config import SearchConfig
 from .data import Corpus, Retrieval
 from .encoder import encode
+from .runtime import OnnxTextEncoder
 
 
 def unwrap(model: Any) -> Any:
@@ -49,9 +50,14 @@ def encode_sharded(
 
 def model_fingerprint(model: Any) -> str:
     """A hash of what the encodings depend on in ``model``: its module layout (repr), its max
-    sequence length, and every tensor of its state dict (name, dtype, shape and bytes)."""
+    sequence length, and every tensor of its state dict (name, dtype, shape and bytes); for an
+    ONNX encoder, those of the model it was exported from and its runtime (int8 vectors are
+    not fp32 ones)."""
     inner = unwrap(model)
     h = hashlib.blake2b(digest_size=16)
+    if isinstance(inner, OnnxTextEncoder):
+        h.update(f"{model_fingerprint(inner.model)} runtime={inner.runtime}".encode())
+        return h.hexdigest()
     h.update(repr(inner).encode())
     h.update(f"max_seq_length={getattr(inner, 'max_seq_length', None)}".encode())
     for name, tensor in inner.state_dict().items():

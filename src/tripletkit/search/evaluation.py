@@ -147,7 +147,7 @@ def arm_rankings(
             f"arm {arm!r} (seed {seed}) has no trained model in {folder / 'model'}; run train first"
         )
     path = folder / "model" if folder is not None else cfg.model.path
-    model = load_encoder(path, cfg.model.max_seq_length)
+    model = load_encoder(path, cfg.model.max_seq_length, cfg.model.runtime)
     cache = (folder if folder is not None else run / "base") / "corpus.npz"
     vectors = corpus_vectors(model, data, cfg, cache, progress)
     return retrieve_without(model, data, qids, vectors, cfg, progress, removed)

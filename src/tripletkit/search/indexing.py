@@ -2,9 +2,10 @@
 (sharded over the ranks under torchrun) into a FAISS index, in memory or with its inverted
 lists on disk, saved with its ids, titles, texts and encoder.
 
-``encoder.json`` names the encoder (its path, None for the default one, and the sequence
-length) and records its fingerprint (:func:`~tripletkit.search.encodings.model_fingerprint`:
-its module layout, sequence length and every weight). :func:`folder_encoder` loads the encoder
+``encoder.json`` names the encoder (its path, None for the default one, the sequence length
+and the runtime that encoded the corpus, which then encodes the queries too) and records its
+fingerprint (:func:`~tripletkit.search.encodings.model_fingerprint`: its module layout,
+sequence length, every weight and the runtime). :func:`folder_encoder` loads the encoder
 and refuses it when its fingerprint is not the recorded one: a model retrained at the same path
 would otherwise encode queries against vectors of the old model, silently.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import distributed
+from .._onnx import RUNTIMES
 from .config import SearchConfig
 from .data import Retrieval
 from .encoder import dimension, load_encoder
@@ -112,6 +114,7 @@ def index_corpus(
     encoder = {
         "path": encoder_path,
         "max_seq_length": cfg.model.max_seq_length,
+        "runtime": getattr(model, "runtime", "torch"),
         "fingerprint": model_fingerprint(model),
     }
     extra = {
@@ -160,12 +163,14 @@ def folder_encoder(folder: Path) -> Any:
     try:
         spec = json.loads(meta.read_text(encoding="utf-8"))
         path, max_len = spec["path"], int(spec["max_seq_length"])
-        recorded = spec.get("fingerprint")
+        runtime, recorded = spec.get("runtime", "torch"), spec.get("fingerprint")
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{meta}: expected {{path, max_seq_length}} ({err})") from None
     if path is not None and not isinstance(path, str):
         raise ValueError(f"{meta}: path must be a folder name or null, got {path!r}")
-    model = load_encoder(path, max_len)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"{meta}: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    model = load_encoder(path, max_len, runtime)
     if recorded is None:
         warnings.warn(
             f"{meta} records no encoder fingerprint (an index built before they were "

@@ -67,7 +67,7 @@ def build_index(folder: Path, spec: IndexBuild, report: Report) -> None:
     report("preparing the corpus", None, None)
     data = load_data(cfg)
     report("loading the encoder", None, None)
-    model = load_encoder(cfg.model.path, cfg.model.max_seq_length)
+    model = load_encoder(cfg.model.path, cfg.model.max_seq_length, cfg.model.runtime)
     index_corpus(
         model,
         data,
