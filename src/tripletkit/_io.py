@@ -181,6 +181,13 @@ def _renameat2_function() -> Any:
     return function
 
 
+def legend(ax: Any, **options: Any) -> None:
+    """``ax.legend(**options)`` when something on ``ax`` has a label (matplotlib warns
+    otherwise, e.g. for a curve no fold could draw)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)
+
+
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Write a matplotlib figure as PNG at ``path``, atomically (110 dpi, tight bounding box)."""
     return atomic_write(

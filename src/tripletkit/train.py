@@ -458,10 +458,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup_steps``, then cosine to 0, constant, or x0.1 at 50% and 75%."""
+    """Linear warm-up over ``warmup_steps``, then cosine to 0, constant, or x0.1 at 50% and 75%.
+
+    The warm-up keeps its length in a run shorter than it (``train.max_steps=2``): such a run
+    ends while the learning rate still rises, instead of taking its first step at the full
+    rate, which collapses a pretrained network.
+    """
     if cfg.schedule not in LR_SCHEDULES:
         raise ValueError(f"train.schedule must be one of {LR_SCHEDULES}, got {cfg.schedule!r}")
-    warm = max(0, min(cfg.warmup_steps, total - 1))
+    warm = max(0, cfg.warmup_steps)
 
     def factor(step: int) -> float:
         if step < warm:

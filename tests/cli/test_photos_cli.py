@@ -204,6 +204,7 @@ def test_verify_a_photo_without_a_face_is_a_clear_error(album, tmp_path, capsys)
         (["embed", "{tmp}/missing", "--model", "dlib"], "photo folder not found"),
         (["embed", "{tmp}", "--model", "dlib"], "no image files"),
         (["verify", "{tmp}/a.jpg", "{album}/obama.jpg", "--model", "dlib"], "file not found"),
+        (["embed", "{album}", "--model", "dlib", "--detector", "cnn"], "cnn needs --detect"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(album, tmp_path, capsys, args, message):

@@ -270,3 +270,19 @@ def test_evaluation_curve_reads_as_if_never_interrupted(tmp_path):
     curve_b = [json.loads(x) for x in (tmp_path / "b" / "curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve_a] == [0, 2, 4, 6, 8, 9]  # 3 epochs of 3 steps
     assert curve_a == curve_b
+
+
+def test_the_warm_up_keeps_its_length_in_a_run_shorter_than_it():
+    """Issue 19: train.max_steps=2 squeezed the 50-step warm-up into one step, so the first
+    step ran at the full learning rate and collapsed the pretrained network."""
+    from tripletkit.config import TrainConfig
+    from tripletkit.train import lr_lambda
+
+    short = lr_lambda(TrainConfig(warmup_steps=50, schedule="cosine"), total=2)
+    assert [short(0), short(1)] == pytest.approx([1 / 50, 2 / 50])
+    # a run longer than its warm-up: linear up, then the cosine from 1 to 0 over the rest
+    full = lr_lambda(TrainConfig(warmup_steps=2, schedule="cosine"), total=6)
+    expected = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
+    assert [full(s) for s in range(6)] == pytest.approx(expected)
+    constant = lr_lambda(TrainConfig(warmup_steps=0, schedule="constant"), total=3)
+    assert [constant(s) for s in range(3)] == [1.0, 1.0, 1.0]

@@ -178,3 +178,17 @@ def test_one_fold_alone_draws_the_people_of_that_fold_of_a_full_run(tmp_path):
         trainable = np.setdiff1d(people, test_people)
         expected = validation_people(trainable, 3, [full_cfg.data.seed, n])
         assert np.array_equal(np.unique(data.labels.numpy()[whole.val]), expected)
+
+
+def test_a_batch_the_folds_training_people_cannot_fill_is_refused_before_any_file(tmp_path):
+    """Issue 19: `train --data FOLDER` with the default train.p=30 on a folder of few people
+    failed inside the sampler, after the run folder was written, without naming what to set."""
+    source = make_faces(tmp_path / "faces", identities=12, per_id=2)
+    cfg = load_config(None, [*TINY, f"data.source={source}", "data.folds=3", "data.val_people=3",
+                             "train.p=30"])  # fmt: skip
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"train\.p=30 .* fold0 trains on 5 people") as err:
+        faces.train(cfg, run, progress=False)
+    assert "4 held out for test, 3 for validation" in str(err.value)
+    assert "--set train.p=5" in str(err.value)
+    assert not run.exists()

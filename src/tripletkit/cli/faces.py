@@ -75,8 +75,9 @@ def with_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detector",
         choices=["hog", "cnn"],
-        default="hog",
-        help="with --detect: dlib's HOG (fast, frontal) or MMOD CNN (more poses, ~10x slower)",
+        default=None,
+        help="with --detect: dlib's HOG (the default: fast, frontal) or MMOD CNN (more poses, "
+        "~10x slower); without --detect it is an error, not silently ignored",
     )
     p.add_argument(
         "--strict",
@@ -84,6 +85,31 @@ def with_model(p: argparse.ArgumentParser) -> None:
         help="stop on an unusable photo instead of skipping it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    with_runtime(p)
+
+
+def with_runtime(p: argparse.ArgumentParser) -> None:
+    """``--runtime``: what runs a dlib model (default: the model folder's model.runtime)."""
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="what runs a dlib model: PyTorch, ONNX Runtime fp32, or ONNX Runtime int8 (exported "
+        "once and kept beside the model, or in the cache for 'dlib'); default: the model "
+        "folder's model.runtime, 'onnx' for 'dlib'",
+    )
+
+
+def detector_of(args: argparse.Namespace) -> str:
+    """``--detector`` (default "hog").
+
+    Raises:
+        ValueError: ``--detector`` given without ``--detect``, which alone finds faces.
+    """
+    if args.detector is not None and not args.detect:
+        raise ValueError(
+            f"--detector {args.detector} needs --detect (it chooses how faces are found)"
+        )
+    return str(args.detector or "hog")
 
 
 def _photos(args: argparse.Namespace) -> tuple[FaceModel, list[PhotoFace], torch.Tensor]:
@@ -91,12 +117,12 @@ def _photos(args: argparse.Namespace) -> tuple[FaceModel, list[PhotoFace], torch
     from ..faces.models import load_face_model
     from ..faces.photos import list_photos, read_faces
 
-    model = load_face_model(args.model)
+    model = load_face_model(args.model, runtime=args.runtime)
     faces, inputs = read_faces(
         list_photos(args.folder),
         model.prepare,
         detect=args.detect,
-        detector=args.detector,
+        detector=detector_of(args),
         strict=args.strict,
         progress=not args.quiet,
     )
@@ -165,14 +191,14 @@ def _verify(args: argparse.Namespace) -> int:
     from ..faces.models import load_face_model
     from ..faces.photos import read_faces
 
-    model = load_face_model(args.model)
+    model = load_face_model(args.model, runtime=args.runtime)
     chosen, inputs = [], []
     for path in (args.image1, args.image2):
         faces, rows = read_faces(
             [path],
             model.prepare,
             detect=args.detect,
-            detector=args.detector,
+            detector=detector_of(args),
             strict=True,
             progress=False,
         )

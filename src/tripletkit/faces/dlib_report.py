@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import save_figure, write_text
+from .._io import legend, save_figure, write_text
 from . import metrics
 from .bootstrap import fold_mean_interval
 from .dlib_run import variant_folder, variant_suffix
@@ -124,7 +124,7 @@ def _pair_histograms(
             ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
             ax.set_title(f"{method}{sfx}, {plan[0].name} test pairs", fontsize=9)
             ax.set_xlabel("distance")
-            ax.legend(fontsize=7)
+            legend(ax, fontsize=7)
     save_figure(fig, run / "distances.png")
 
 
@@ -156,7 +156,7 @@ def validation_curves(logs: list[Path], path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     save_figure(fig, path)
 
 

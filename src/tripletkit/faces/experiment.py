@@ -24,6 +24,7 @@ import torch
 
 from .. import distributed
 from .._io import write_json
+from .._onnx import check_runtime
 from ..config import read_config, to_dict, write_config
 from . import dlib_report, metrics, report
 from .config import FacesConfig
@@ -34,7 +35,7 @@ from .images import ImageSet, read_pairs
 from .models import embed_chips, load_model, model_saved
 from .models import embed_scratch as embed
 from .pretrained import load_dlib_resnet
-from .runs import Fold, check_record, folds, make_record, write_record
+from .runs import Fold, check_batches, check_record, folds, make_record, write_record
 from .scratch import arm_config, arm_folder, build_model, train_model
 
 BASELINES = ("eigenfaces", "pixels", "untrained")
@@ -48,16 +49,18 @@ def train(
 
     Raises:
         ValueError: with ``resume``, when the run was trained with another config or data
-            (naming what differs); a bad ``model.backbone``.
+            (naming what differs); a bad ``model.backbone`` or ``model.runtime``.
     """
     run = Path(run_dir)
     if cfg.model.backbone not in ("scratch", "dlib"):
         raise ValueError(f"model.backbone must be 'scratch' or 'dlib', got {cfg.model.backbone!r}")
+    check_runtime(cfg.model.runtime)
     distributed.check_same(to_dict(cfg))
     if cfg.model.backbone == "dlib":
         return _train_dlib(cfg, run, resume=resume, progress=progress)
     data = load_faces(cfg.data)
     plan = folds(cfg.data, data)
+    check_batches(cfg, data, plan)
     _start_run(cfg, run, make_record(cfg, data, plan), resume)
     jobs = {run: cfg}
     for arm in cfg.ablation:
@@ -102,6 +105,7 @@ def _train_dlib(cfg: FacesConfig, run: Path, *, resume: bool, progress: bool) ->
         )
     chips = chip_sets(cfg, progress)
     plan = folds(cfg.data, chips[cfg.data.lowres[0]])
+    check_batches(cfg, chips[cfg.data.lowres[0]], plan)
     _start_run(cfg, run, make_record(cfg, chips[cfg.data.lowres[0]], plan), resume)
     return train_dlib(
         cfg,

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
-from .._io import save_figure, write_text
+from .._io import legend, save_figure, write_text
 from . import metrics
 from .models import load_model
 
@@ -103,7 +103,7 @@ def roc_figure(folds: list[dict[str, Any]], methods: Sequence[str], path: Path) 
     ax.set_ylabel("validation rate (same person accepted)")
     ax.set_title("Verification on held-out identities (mean over folds)")
     ax.axvline(1e-3, color="grey", ls=":", lw=1)
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
@@ -121,7 +121,7 @@ def distance_histogram(
     ax.set_xlabel("Euclidean distance between embeddings")
     ax.set_ylabel("density")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     save_figure(fig, path)
 
 
@@ -165,7 +165,7 @@ def training_curves(logs: list[Path], path: Path) -> None:
         axes[2].plot(step, [r["offset"] for r in rows], color="C4", alpha=alpha)
     axes[0].set_title("loss (smoothed)")
     axes[1].set_title("share of valid triplets in the batch")
-    axes[1].legend(fontsize=8)
+    legend(axes[1], fontsize=8)
     axes[2].set_title("semi-hard offset t (curriculum)")
     for ax in axes:
         ax.set_xlabel("step")

@@ -30,13 +30,15 @@ from .images import ImageSet, identity_folds
 
 RECORD = "run.json"
 # FacesConfig keys that do not change what a run computes: which folds run, evaluation pairs,
-# strictness about bad files, ablation arms (each has its own models), where and how it runs.
+# strictness about bad files, ablation arms (each has its own models), where and how it runs
+# (the inference runtime too).
 FREE_KEYS = (
     "name",
     "ablation",
     "data.fold",
     "data.pairs",
     "data.strict",
+    "model.runtime",
     *(f"train.{k}" for k in RUN_ONLY_KEYS),
 )
 
@@ -100,6 +102,31 @@ def validation_people(people: np.ndarray, n: int, seed: list[int]) -> np.ndarray
             f"{len(people)} training people and at least 2 must train), got {n}"
         )
     return np.sort(np.random.default_rng(seed).choice(people, size=n, replace=False))
+
+
+def check_batches(cfg: FacesConfig, data: ImageSet, plan: list[Fold]) -> None:
+    """Refuse, before anything is written, a batch of ``train.p`` identities that a fold's
+    training people cannot fill (each needs two images or more to be an anchor).
+
+    Raises:
+        ValueError: naming ``train.p``, the fold, how many people it trains on and why, and the
+            largest ``train.p`` that fits.
+    """
+    labels = data.labels.numpy()
+    for fold in plan:
+        counts = np.bincount(labels[fold.train], minlength=len(data.names))
+        usable = int((counts >= 2).sum())
+        if usable < cfg.train.p:
+            held = (
+                f"{len(np.unique(labels[fold.test]))} held out for test, "
+                f"{len(np.unique(labels[fold.val]))} for validation"
+            )
+            raise ValueError(
+                f"train.p={cfg.train.p} identities per batch, but {fold.name} trains on "
+                f"{usable} people with two images or more ({len(data.names)} in the data: "
+                f"{held}): set train.p to at most {usable} (--set train.p={max(2, usable)}), "
+                "or lower data.val_people or raise data.folds"
+            )
 
 
 def split_names(data: ImageSet, plan: list[Fold]) -> dict[str, dict[str, list[str]]]:

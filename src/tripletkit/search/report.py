@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .._io import save_figure, write_text
+from .._io import legend, save_figure, write_text
 
 SEARCH_METRICS = [
     ("ndcg@10", "nDCG@10"),
@@ -104,7 +104,7 @@ def _figures(run: Path, cfg: Any, diagnostics: dict[str, Any]) -> list[tuple[str
         ax.set_ylabel("nDCG@10 (dev subset)")
         ax.set_title("Dev nDCG@10 during training")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
         save_figure(fig, run / "dev_curve.png")
         figures.append(
             (
@@ -126,7 +126,7 @@ def _figures(run: Path, cfg: Any, diagnostics: dict[str, Any]) -> list[tuple[str
     ax.set_xlabel("cosine similarity to the query (zero-shot encoder)")
     ax.set_ylabel("density")
     ax.set_title("Mined negatives: what the filters keep and remove")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     save_figure(fig, run / "scores.png")
     figures.append(
         (
