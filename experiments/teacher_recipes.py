@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,9 @@ class Recipe:
     margin: float = 0.2
     soft: bool = False
     lr: float = 1e-4
+    w_distill: float = (
+        0.0  # squared distance of a view's student embedding to its clean teacher one
+    )
 
 
 RECIPES = [
@@ -80,6 +84,23 @@ RECIPES = [
     Recipe("teacher anchors + student triplets, lr 1e-5", lr=1e-5),
     Recipe("teacher anchors only, lr 1e-5", w_student=0.0, lr=1e-5),
     Recipe("student triplets only, lr 1e-5", w_cross=0.0, lr=1e-5),
+    Recipe("student anchors only (teacher candidates)", direction="student", w_student=0.0),
+    Recipe("student anchors only, lr 1e-5", direction="student", w_student=0.0, lr=1e-5),
+    Recipe(
+        "distillation only (view to its clean teacher embedding)",
+        w_cross=0,
+        w_student=0,
+        w_distill=1.0,
+    ),  # fmt: skip
+    Recipe("distillation only, lr 1e-5", w_cross=0, w_student=0, w_distill=1.0, lr=1e-5),
+    Recipe("student anchors + distillation", direction="student", w_student=0, w_distill=1.0),
+    Recipe(
+        "student anchors + distillation, lr 3e-5",
+        direction="student",
+        w_student=0,
+        w_distill=1.0,
+        lr=3e-5,
+    ),  # fmt: skip
 ]
 
 
@@ -149,6 +170,8 @@ def train(
                 loss = loss + recipe.w_cross * loss_fn.cross(rows, y, cols, y)[0]
             if recipe.w_student:
                 loss = loss + recipe.w_student * loss_fn(s, y)[0]
+            if recipe.w_distill:
+                loss = loss + recipe.w_distill * ((s - t) ** 2).sum(1).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -159,6 +182,8 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--only", default="", help="run the recipes whose name matches this regex")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(2)
     began = time.time()
@@ -176,7 +201,8 @@ def main() -> None:
     labels = clean.labels
     cached: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     rows: list[tuple[str, dict]] = []
-    for recipe in [Recipe("frozen (the pretrained descriptor)", levels=1), *RECIPES]:
+    chosen = [r for r in RECIPES if re.search(args.only, r.name)]
+    for recipe in [Recipe("frozen (the pretrained descriptor)", levels=1), *chosen]:
         start = 5 - recipe.levels
         if start not in cached:
             flat = views.chips.reshape(-1, *views.chips.shape[2:])
@@ -201,7 +227,7 @@ def main() -> None:
         }
         rows.append((recipe.name, mean))
         print(recipe.name, mean, f"{time.time() - began:.0f}s", flush=True)
-    write_text(OUT, report(rows, args.steps, time.time() - began))
+    write_text(args.out, report(rows, args.steps, time.time() - began))
 
 
 def report(rows: list[tuple[str, dict]], steps: int, seconds: float) -> str:
