@@ -314,6 +314,30 @@ def _watch_collapse(state: TrainState, stats: TripletStats, main: bool) -> None:
             )
 
 
+def ended_collapsed(log: Path) -> str | None:
+    """Why the run logged in ``log`` (a ``train_log.jsonl``) ended with a collapsed embedding
+    (its last step's mean negative distance below a tenth of its first's), or None: a model that
+    is not worth using even though it was saved. A missing or empty log is None."""
+    first = last = math.nan
+    if not log.is_file():
+        return None
+    with open(log, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            d_an = json.loads(line).get("mean_d_an", math.nan)
+            if d_an is None or math.isnan(d_an):
+                continue
+            first = d_an if math.isnan(first) else first
+            last = d_an
+    if math.isnan(first) or not last < 0.1 * first:
+        return None
+    return (
+        f"the embedding collapsed (mean negative distance {last:.4f} at the last step, "
+        f"{first:.4f} at the first; logged in {log})"
+    )
+
+
 def _evaluate(evaluation: Evaluation, model: nn.Module, step: int, points: IO[str] | None) -> None:
     """One point of the curve (computed on every rank, written by rank 0)."""
     was_training = model.training

@@ -260,3 +260,19 @@ def test_saving_over_a_model_keeps_the_old_one_until_the_new_one_is_complete(tmp
     save_model(fold, model, cfg, {"threshold": 2.0, "cluster_threshold": 3.0})
     assert load_model(fold)[2] == {"threshold": 2.0, "cluster_threshold": 3.0}
     assert (fold / "train_log.jsonl").read_text() == "{}\n"  # other files carried over
+
+
+def test_train_exits_non_zero_naming_a_model_that_ended_collapsed(tmp_path, monkeypatch, capsys):
+    import tripletkit.faces.experiment as experiment
+
+    def train(cfg, run, **_):
+        fold = Path(run) / "fold0"
+        fold.mkdir(parents=True)
+        rows = [{"step": 0, "mean_d_an": 1.2}, {"step": 1, "mean_d_an": 0.01}]
+        (fold / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return [fold]
+
+    monkeypatch.setattr(experiment, "train", train)
+    assert main(["train", "--runs", str(tmp_path), "--name", "c", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "fold0" in err and "collapsed" in err and "train.lr" in err and "Traceback" not in err

@@ -225,3 +225,20 @@ def _gray(photo: Image.Image):
     import torch
 
     return torch.from_numpy(np.asarray(photo.convert("L").resize((8, 8))).copy())[None]
+
+
+def test_embed_without_detection_records_the_face_the_dlib_model_took(album, tmp_path):
+    # one face per photo: the best face found, aligned, and its box (not the whole photo)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(album / "obama.jpg", folder)
+    got = {}
+    for flag in ([], ["--detect"]):
+        out = tmp_path / f"e{len(flag)}.npz"
+        args = ["embed", str(folder), "--model", "dlib", *flag, "--quiet", "--out", str(out)]
+        assert main(args) == 0
+        got[bool(flag)] = np.load(out)
+    width, height = Image.open(album / "obama.jpg").size
+    box = got[False]["boxes"][0].tolist()
+    assert box == got[True]["boxes"][0].tolist() and box != [0, 0, width, height]
+    np.testing.assert_allclose(got[False]["embeddings"], got[True]["embeddings"], atol=1e-6)

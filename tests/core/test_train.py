@@ -286,3 +286,31 @@ def test_the_warm_up_keeps_its_length_in_a_run_shorter_than_it():
     assert [full(s) for s in range(6)] == pytest.approx(expected)
     constant = lr_lambda(TrainConfig(warmup_steps=0, schedule="constant"), total=3)
     assert [constant(s) for s in range(3)] == [1.0, 1.0, 1.0]
+
+
+def _log(path, d_ans):
+    path.write_text(
+        "".join(json.dumps({"step": i, "mean_d_an": d}) + "\n" for i, d in enumerate(d_ans))
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "d_ans, collapsed",
+    [
+        ([1.0, 0.5, 0.09], True),  # below a tenth of the first at the end
+        ([1.0, 0.05, 0.5], False),  # collapsed on the way and recovered
+        ([1.0, 0.1], False),  # exactly a tenth is not below it
+        ([math.nan, 1.0, 0.2, 0.05], True),  # the first finite value is the yardstick
+        ([math.nan, math.nan], False),  # nothing measured
+        ([], False),
+    ],
+)
+def test_ended_collapsed_reads_the_first_and_last_negative_distance(tmp_path, d_ans, collapsed):
+    from tripletkit.train import ended_collapsed
+
+    why = ended_collapsed(_log(tmp_path / "train_log.jsonl", d_ans))
+    assert (why is not None) == collapsed
+    if collapsed:
+        assert "train_log.jsonl" in why and "collapsed" in why
+    assert ended_collapsed(tmp_path / "missing.jsonl") is None

@@ -123,6 +123,7 @@ def _photos(args: argparse.Namespace) -> tuple[FaceModel, list[PhotoFace], torch
         model.prepare,
         detect=args.detect,
         detector=detector_of(args),
+        one_face=model.one_face,
         strict=args.strict,
         progress=not args.quiet,
     )
@@ -199,6 +200,7 @@ def _verify(args: argparse.Namespace) -> int:
             model.prepare,
             detect=args.detect,
             detector=detector_of(args),
+            one_face=model.one_face,
             strict=True,
             progress=False,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ def add_commands(commands: Any) -> None:
         "train",
         help="train on every identity fold (and ablation arm)",
         description="Train one model per fold of held-out identities (data.fold: all, an "
-        "index, or none to train on every identity). Writes RUNS/NAME/foldK/ with "
-        "model.safetensors, model.json, train_log.jsonl and checkpoint.pt.",
+        "index, or none to train on every identity). Writes RUNS/NAME/foldK/ (RUNS/NAME/all/ "
+        "with data.fold=none) with model.safetensors, model.json, train_log.jsonl and "
+        "checkpoint.pt; exits with status 1, naming the model, when an embedding ended "
+        "collapsed.",
     )
     with_config(train)
     with_backbone(train)
@@ -83,6 +86,7 @@ def with_backbone(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..train import LOG, ended_collapsed
 
     cfg = config_from_args(args)
     run = Path(args.runs) / cfg.name
@@ -99,6 +103,16 @@ def _train(args: argparse.Namespace) -> int:
             world = distributed.world_size()
             ranks = f" on {world} ranks" if world > 1 else ""
             print(f"trained {len(models)} model(s) in {run}{ranks}")
+            collapsed = [(m, why) for m in models if (why := ended_collapsed(Path(m) / LOG))]
+            for model, why in collapsed:
+                print(
+                    f"tripletkit train: error: {model}: {why}; it was saved but is not worth "
+                    "using: lower train.lr, lengthen train.warmup_steps or mine easier "
+                    "triplets (loss.mining=semi-hard)",
+                    file=sys.stderr,
+                )
+            if collapsed:
+                return 1
     return 0
 
 
@@ -134,7 +148,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _train(args)
+    trained = _train(args)
+    if trained:
+        return trained
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 evaluates
         return 0
     args.run = str(Path(args.runs) / config_from_args(args).name)

@@ -128,6 +128,14 @@ class FaceModel:
         array = array[None] if data.channels == 1 else array.transpose(2, 0, 1)
         return torch.from_numpy(np.array(array, dtype=np.uint8, order="C", copy=True))
 
+    def one_face(self, image: Image.Image) -> Face | None:
+        """The face this model takes from a photo that is one face: for "dlib" the best face
+        the HOG detector finds (the whole image as the box when none is found, score NaN); None
+        (the whole photo) for "scratch"."""
+        if self.kind == "dlib":
+            return best_face(image, whole_image_fallback=True)
+        return None
+
     def embed(self, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """(N, C, H, W) uint8 from :meth:`prepare` -> (N, 128) float32 unit rows, through
         :attr:`session` when there is one, else ``net``; ``batch_size`` inputs at a time."""

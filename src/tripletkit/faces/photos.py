@@ -41,8 +41,9 @@ class PhotoFace:
         path: the photo file.
         index: the face's number in the photo, left to right (0 without detection).
         box: (left, top, right, bottom) in the upright photo's pixels, right and bottom
-            exclusive; the whole photo without detection.
-        score: the detector's confidence (NaN without detection).
+            exclusive; without detection the box of the face the model took (the whole photo
+            for a scratch model, or where no face was found).
+        score: the detector's confidence (NaN for the whole photo).
         detected: found by the detector (else the photo is taken as one face).
     """
 
@@ -84,6 +85,7 @@ def read_faces(
     *,
     detect: bool = False,
     detector: str = "hog",
+    one_face: Callable[[Image.Image], Face | None] | None = None,
     strict: bool = False,
     progress: bool = True,
 ) -> tuple[list[PhotoFace], torch.Tensor]:
@@ -94,8 +96,11 @@ def read_faces(
         prepare: (photo, face or None) -> one model input (C, H, W) uint8
             (:meth:`tripletkit.faces.models.FaceModel.prepare`).
         detect: every face of each photo (dlib's detector, aligned); otherwise the photo is
-            one face.
+            one face: ``one_face(photo)``, whose box is recorded.
         detector: "hog" or "cnn" (see :func:`tripletkit.faces.align.find_faces`).
+        one_face: without ``detect``, the face a model takes from a photo
+            (:meth:`tripletkit.faces.models.FaceModel.one_face`); None, or None returned: the
+            whole photo.
         strict: an unusable photo is an error instead of a warning.
         progress: a progress bar over the photos.
 
@@ -116,8 +121,11 @@ def read_faces(
             problems.append(str(err))
             continue
         if not detect:
-            faces.append(PhotoFace(str(path), 0, (0, 0, *photo.size), float("nan"), False))
-            inputs.append(prepare(photo, None))
+            face = one_face(photo) if one_face else None
+            box = face.box if face else (0, 0, *photo.size)
+            score = float(face.score) if face else float("nan")
+            faces.append(PhotoFace(str(path), 0, box, score, False))
+            inputs.append(prepare(photo, face))
             continue
         found = find_faces(photo, detector=detector)
         if not found:
