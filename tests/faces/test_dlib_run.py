@@ -82,6 +82,12 @@ def test_a_dlib_run_fine_tunes_evaluates_and_reports(tmp_path, monkeypatch):
     intervals = json.loads((run / "intervals.json").read_text())
     low, high = intervals["finetuned"]["eer"]
     assert 0.0 <= low <= high <= 1.0
+    protocols = json.loads((run / "protocols.json").read_text())
+    assert set(protocols) == {"full same camera", "lowres same camera", "lowres clean gallery"}
+    gallery = protocols["lowres clean gallery"]
+    assert gallery["finetuned"]["eer"]["folds"] == 2
+    assert set(gallery["difference"]) == {"eer", "val_at_far_1e-3"}
+    assert "| lowres | clean gallery |" in report and "target at most half" in report
 
 
 def test_an_unknown_detector_is_named(tmp_path):

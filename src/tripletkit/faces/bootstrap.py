@@ -39,11 +39,90 @@ def draw_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pair distances and same-person flags of one bootstrap draw of the people of ``dist``
     (N x N) with ``labels`` (N,), without the pairs between two copies of one person."""
-    index, new = resample_people(labels, rng)
-    d, same = metrics.all_pairs(dist[np.ix_(index, index)], new)
-    _, was_same = metrics.all_pairs(dist[np.ix_(index, index)], labels[index])
+    return pairs_of_draw(dist, labels, *resample_people(labels, rng))
+
+
+def pairs_of_draw(
+    dist: np.ndarray,
+    labels: np.ndarray,
+    index: np.ndarray,
+    new: np.ndarray,
+    *,
+    cross: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of the draw (``index``, ``new``) of :func:`resample_people`, without the pairs
+    between two copies of one person: the pairs i < j of a symmetric ``dist``, or with
+    ``cross`` the pairs (probe i, gallery j) of :func:`~tripletkit.faces.metrics.cross_pairs`
+    (an image never against itself)."""
+    sub = dist[np.ix_(index, index)]
+    if cross:
+        same = new[:, None] == new[None, :]
+        was_same = labels[index][:, None] == labels[index][None, :]
+        keep = (same | ~was_same) & (index[:, None] != index[None, :])
+        return sub[keep], same[keep]
+    d, same = metrics.all_pairs(sub, new)
+    _, was_same = metrics.all_pairs(sub, labels[index])
     keep = same | ~was_same
     return d[keep], same[keep]
+
+
+def paired_difference(
+    folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    cross: bool = False,
+    draws: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Method B minus method A for each of :data:`METRICS`, averaged over folds, with a
+    percentile bootstrap interval over people: each draw resamples every fold's people once
+    and scores both methods on the same draw, so what the two share (which people are hard)
+    cancels.
+
+    Args:
+        folds: per fold, (A's distances (N, N), B's distances (N, N), person labels (N,)).
+        cross: the distances are probe rows against gallery columns
+            (:func:`~tripletkit.faces.metrics.cross_pairs`), else symmetric.
+
+    Returns:
+        metric -> {"difference": on every person, "low", "high"}; NaN where undefined.
+    """
+
+    def pairs(dist: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return metrics.cross_pairs(dist, labels) if cross else metrics.all_pairs(dist, labels)
+
+    def mean_difference(per_fold: list[float]) -> float:
+        finite = [x for x in per_fold if np.isfinite(x)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    out: dict[str, dict[str, float]] = {}
+    point = {
+        k: mean_difference([f(*pairs(b, y)) - f(*pairs(a, y)) for a, b, y in folds])
+        for k, f in METRICS.items()
+    }
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {k: [] for k in METRICS}
+    for _ in range(draws):
+        per_fold: dict[str, list[float]] = {k: [] for k in METRICS}
+        for a, b, y in folds:
+            index, new = resample_people(y, rng)
+            da, sa = pairs_of_draw(a, y, index, new, cross=cross)
+            db, sb = pairs_of_draw(b, y, index, new, cross=cross)
+            for k, f in METRICS.items():
+                per_fold[k].append(f(db, sb) - f(da, sa))
+        for k, v in per_fold.items():
+            value = mean_difference(v)
+            if np.isfinite(value):
+                values[k].append(value)
+    tail = (1 - level) / 2 * 100
+    for k, v in values.items():
+        low, high = (
+            (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
+            if v
+            else (float("nan"), float("nan"))
+        )
+        out[k] = {"difference": point[k], "low": low, "high": high}
+    return out
 
 
 def fold_mean_interval(

@@ -15,6 +15,7 @@ from . import metrics
 from .bootstrap import fold_mean_interval
 from .dlib_run import variant_folder, variant_suffix
 from .models import STOCK_THRESHOLD, load_model
+from .protocols import protocol_results, protocol_table, protocol_targets
 from .report import FACE_METRICS, fold_value, metrics_table, roc_figure, subplots, training_curves
 
 HEADLINE = [
@@ -64,6 +65,8 @@ def finetune_report(
         for m in folds[0]["embeddings"]
     }
     write_json_file(run / "intervals.json", intervals)
+    protocols = protocol_results(folds, suffixes)
+    write_json_file(run / "protocols.json", protocols)
     for sfx in suffixes:
         methods = [m + sfx for m in ("pretrained", "finetuned", "eigenfaces", "pixels")]
         roc_figure(folds, methods, run / f"roc{sfx}.png")
@@ -72,7 +75,9 @@ def finetune_report(
     if all(p.is_file() for p in logs):
         training_curves(logs, run / "training.png")
     validation_curves([run / f.name / "val_log.jsonl" for f in plan], run / "validation.png")
-    text = _finetune_text(run, cfg, data, plan, summary, per_fold, intervals, suffixes, quoted)
+    text = _finetune_text(
+        run, cfg, data, plan, summary, per_fold, intervals, protocols, suffixes, quoted
+    )
     write_text(run / "report.md", text)
     return summary
 
@@ -215,6 +220,7 @@ def _finetune_text(
     summary: dict[str, metrics.Summary],
     per_fold: dict[str, list[dict[str, float]]],
     intervals: dict[str, dict[str, Any]],
+    protocols: dict[str, dict[str, Any]],
     suffixes: list[str],
     quoted: Path | None,
 ) -> str:
@@ -290,6 +296,19 @@ Mean over folds, pretrained -> fine-tuned:
 
 Targets of issue 9 (mean over folds, test people):
 {_finetune_targets(summary, suffixes)}
+
+## Same camera and clean gallery
+
+How the models are used: every test photo against every other through the same camera (the
+pairs above), and, at a worse camera, people enrolled from their full-resolution photos and
+looked up from the worse camera's (`clean gallery`: probe photo i against gallery photo j,
+i != j). Means over folds, and the difference fine-tuned minus frozen with its 95% bootstrap
+interval over people (200 draws; both models scored on the same resampled people, so the
+interval is of the difference itself; `protocols.json`):
+
+{protocol_table(protocols)}
+
+{protocol_targets(protocols)}
 
 Per fold (finetuned, then finetuned{low}: VAL@1e-3, EER, MAP@R, ARI):
 

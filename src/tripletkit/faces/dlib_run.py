@@ -147,8 +147,11 @@ def dlib_embeddings(
 ) -> dict[str, dict[str, np.ndarray]]:
     """method -> {"calib", "test"} embeddings on one fold (see
     :data:`tripletkit.faces.experiment.Embeddings`): pretrained, finetuned, eigenfaces and pixels at
-    every resolution (suffixed, :func:`variant_suffix`). ``images`` are the raw images at each
-    resolution (configured height and width), for the baselines; ``stock`` the pretrained
+    every resolution (suffixed, :func:`variant_suffix`); at a factor f > 1, when factor 1 is
+    run too, pretrained and finetuned also hold "gallery": the same model's embeddings of the
+    test people's full-resolution chips (the clean gallery of the gallery / probe protocol).
+    ``images`` are the raw images at each resolution (configured height and width), for the
+    baselines; ``stock`` the pretrained
     model's embeddings of every chip at each resolution (the same for every fold)."""
     factors = cfg.data.lowres
     parts = {"calib": calibration_index(fold), "test": fold.test}
@@ -158,5 +161,8 @@ def dlib_embeddings(
         net, _, _ = load_model(variant_folder(run, f, factors) / fold.name)
         out["pretrained" + sfx] = {k: stock[f][v] for k, v in parts.items()}
         out["finetuned" + sfx] = {k: embed_chips(net, chips[f].images[v]) for k, v in parts.items()}
+        if f != 1 and 1 in factors:  # a clean gallery: the test people's full-resolution chips
+            out["pretrained" + sfx]["gallery"] = stock[1][fold.test]
+            out["finetuned" + sfx]["gallery"] = embed_chips(net, chips[1].images[fold.test])
         out.update({m + sfx: e for m, e in baselines(images[f], fold, parts).items()})
     return out

@@ -12,7 +12,8 @@ from .runs import Fold
 
 Embeddings = dict[str, dict[str, np.ndarray]]
 """method -> {"calib": the calibration people's embeddings (validation people, or training
-people when there are none), "test": the test people's}."""
+people when there are none), "test": the test people's, and optionally "gallery": the test
+people's images through another camera, row for row (a clean gallery for a degraded "test")}."""
 
 
 def calibration_index(fold: Fold) -> np.ndarray:

@@ -210,7 +210,13 @@ def _score_folds(
             per_fold.setdefault(method, []).append(
                 score(e["calib"], calib_labels, e["test"], test_labels, cfg.data.seed, pairs)
             )
-        tests.append({"embeddings": {m: e["test"] for m, e in emb.items()}, "labels": test_labels})
+        tests.append(
+            {
+                "embeddings": {m: e["test"] for m, e in emb.items()},
+                "galleries": {m: e["gallery"] for m, e in emb.items() if "gallery" in e},
+                "labels": test_labels,
+            }
+        )
         if progress:
             print(f"evaluated {fold.name} ({i + 1}/{len(plan)})", flush=True)
     return cfg, data, plan, per_fold, tests

@@ -37,6 +37,23 @@ def all_pairs(dist: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return dist[i, j], labels[i] == labels[j]
 
 
+def cross_distance(probe: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """(N, M) Euclidean distances of every probe row to every gallery row."""
+    a = np.asarray(probe, dtype=np.float64)
+    b = np.asarray(gallery, dtype=np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def cross_pairs(dist: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and "same identity" flags of every (probe i, gallery j) pair with i != j, for
+    ``dist`` (N, N) from :func:`cross_distance` of two copies of the same N images (a probe
+    camera's and a gallery camera's): row i against column j. The diagonal, an image against
+    its own other copy, is not a pair; (i, j) and (j, i) are two pairs (different photos)."""
+    off = ~np.eye(len(labels), dtype=bool)
+    return dist[off], (labels[:, None] == labels[None, :])[off]
+
+
 def balanced_pairs(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Every same-identity pair and as many seeded different-identity pairs: (M, 2) indices."""
     labels = np.asarray(labels)
