@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from teacher_recipes import FAMILY, VIEWS, scores
+from teacher_recipes import VIEWS, load_inputs, scores, trunk
 
 from tripletkit._io import write_text
 from tripletkit.faces.cameras import CameraFamily
-from tripletkit.faces.chips import ChipSettings, load_chips
 from tripletkit.faces.config import DataConfig
 from tripletkit.faces.dlib_resnet import DlibResNet
 from tripletkit.faces.finetune import Tail
+from tripletkit.faces.models import embed_chips
 from tripletkit.faces.pretrained import load_dlib_resnet
 from tripletkit.faces.runs import Fold, folds
 from tripletkit.faces.views import ViewSettings, load_views
@@ -61,14 +61,6 @@ RECIPES = [
     Recipe("stem + level 1, feature maps + embedding, lr 1e-4", w_embed=1.0),
     Recipe("stem + levels 1-2, embedding only, lr 1e-4", levels=2, w_feat=0.0, w_embed=1.0),
 ]
-
-
-def student_trunk(net: DlibResNet, chips: torch.Tensor, levels: int) -> torch.Tensor:
-    net.eval()
-    with torch.no_grad():
-        return torch.cat(
-            [net.trunk(chips[i : i + 50].float(), levels=levels) for i in range(0, len(chips), 50)]
-        )
 
 
 def train(
@@ -118,7 +110,7 @@ def fold_scores(
     val = torch.as_tensor(fold.val)
     y = labels[val].numpy()
     tail = Tail(teacher, levels)
-    maps = {k: student_trunk(student, v[val], levels) for k, v in images.items()}
+    maps = {k: trunk(student, v[val], levels) for k, v in images.items()}
     out = scores(tail, maps["x4"], maps["x1"], y)
     harsh = scores(tail, maps["x4q15"], maps["x1"], y)
     out["x4q15"], out["clean-x4q15"] = harsh["x4"], harsh["clean-x4"]
@@ -133,26 +125,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     began = time.time()
-    clean = load_chips("orl", ChipSettings(lowres=1, detector="cnn"), progress=False)
-    low = load_chips("orl", ChipSettings(lowres=4, detector="cnn"), progress=False)
-    views = load_views("orl", ViewSettings(FAMILY, VIEWS, seed=0, detector="cnn"))
+    clean, low, views = load_inputs()
     harsh = load_views("orl", ViewSettings(HARSH, 1, seed=1, detector="cnn"))
-    if not (views.paths == clean.paths == low.paths == harsh.paths):
-        raise ValueError("the views, the clean and the x4 chips hold other images")
+    if harsh.paths != clean.paths:
+        raise ValueError("the x4q15 views and the clean chips hold other images")
     images = {"x1": clean.images, "x4": low.images, "x4q15": harsh.chips[:, 0]}
     teacher = load_dlib_resnet().eval()
     teacher.requires_grad_(False)
-    with torch.no_grad():
-        target_emb = torch.cat(
-            [teacher(clean.images[i : i + 50].float()) for i in range(0, len(clean), 50)]
-        )
+    target_emb = torch.from_numpy(embed_chips(teacher, clean.images))
     plan = folds(DataConfig(val_people=6, folds=4, seed=0), clean)
     targets: dict[int, torch.Tensor] = {}
     rows: list[tuple[str, dict, float]] = []
     chosen = [r for r in RECIPES if re.search(args.only, r.name)]
     for recipe in [Recipe("frozen (the pretrained descriptor)"), *chosen]:
         if recipe.levels not in targets:
-            targets[recipe.levels] = student_trunk(teacher, clean.images, recipe.levels)
+            targets[recipe.levels] = trunk(teacher, clean.images, recipe.levels)
         started = time.time()
         per_fold = []
         for fold in plan:

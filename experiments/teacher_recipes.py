@@ -38,9 +38,11 @@ from tripletkit.faces.chips import ChipSettings, load_chips
 from tripletkit.faces.config import DataConfig
 from tripletkit.faces.dlib_resnet import DlibResNet
 from tripletkit.faces.finetune import Tail
+from tripletkit.faces.images import ImageSet
+from tripletkit.faces.models import embed_chips
 from tripletkit.faces.pretrained import load_dlib_resnet
 from tripletkit.faces.runs import Fold, folds
-from tripletkit.faces.views import ViewSettings, load_views
+from tripletkit.faces.views import ViewSet, ViewSettings, load_views
 from tripletkit.sampling import PKSampler
 
 FAMILY = CameraFamily(
@@ -134,6 +136,17 @@ def trunk(net: DlibResNet, chips: torch.Tensor, start: int) -> torch.Tensor:
         )
 
 
+def load_inputs() -> tuple[ImageSet, ImageSet, ViewSet]:
+    """ORL's clean chips, its x4 chips (CNN detector on the shrunk image) and its degraded
+    views, checked to hold the same images in the same order."""
+    clean = load_chips("orl", ChipSettings(lowres=1, detector="cnn"), progress=False)
+    low = load_chips("orl", ChipSettings(lowres=4, detector="cnn"), progress=False)
+    views = load_views("orl", ViewSettings(FAMILY, VIEWS, seed=0, detector="cnn"))
+    if not (views.paths == clean.paths == low.paths):
+        raise ValueError("the views, the clean and the x4 chips hold other images")
+    return clean, low, views
+
+
 def train(
     recipe: Recipe,
     net: DlibResNet,
@@ -187,16 +200,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     began = time.time()
-    clean = load_chips("orl", ChipSettings(lowres=1, detector="cnn"), progress=False)
-    low = load_chips("orl", ChipSettings(lowres=4, detector="cnn"), progress=False)
-    views = load_views("orl", ViewSettings(FAMILY, VIEWS, seed=0, detector="cnn"))
-    if not (views.paths == clean.paths == low.paths):
-        raise ValueError("the views, the clean and the x4 chips hold other images")
+    clean, low, views = load_inputs()
     net = load_dlib_resnet()
-    with torch.no_grad():
-        teacher = torch.cat(
-            [net(clean.images[i : i + 50].float()) for i in range(0, len(clean), 50)]
-        )
+    teacher = torch.from_numpy(embed_chips(net, clean.images))
     plan = folds(DataConfig(val_people=6, folds=4, seed=0), clean)
     labels = clean.labels
     cached: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -19,6 +19,20 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def _finite_mean(values: list[float]) -> float:
+    """The mean of the finite values (NaN when there are none)."""
+    finite = [x for x in values if np.isfinite(x)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _percentile_interval(values: list[float], level: float) -> tuple[float, float]:
+    """The central ``level`` share of ``values`` (NaN, NaN when empty)."""
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
 def resample_people(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One bootstrap draw: as many people as there are, drawn with replacement.
 
@@ -91,13 +105,8 @@ def paired_difference(
     def pairs(dist: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return metrics.cross_pairs(dist, labels) if cross else metrics.all_pairs(dist, labels)
 
-    def mean_difference(per_fold: list[float]) -> float:
-        finite = [x for x in per_fold if np.isfinite(x)]
-        return float(np.mean(finite)) if finite else float("nan")
-
-    out: dict[str, dict[str, float]] = {}
     point = {
-        k: mean_difference([f(*pairs(b, y)) - f(*pairs(a, y)) for a, b, y in folds])
+        k: _finite_mean([f(*pairs(b, y)) - f(*pairs(a, y)) for a, b, y in folds])
         for k, f in METRICS.items()
     }
     rng = np.random.default_rng(seed)
@@ -111,16 +120,12 @@ def paired_difference(
             for k, f in METRICS.items():
                 per_fold[k].append(f(db, sb) - f(da, sa))
         for k, v in per_fold.items():
-            value = mean_difference(v)
+            value = _finite_mean(v)
             if np.isfinite(value):
                 values[k].append(value)
-    tail = (1 - level) / 2 * 100
+    out: dict[str, dict[str, float]] = {}
     for k, v in values.items():
-        low, high = (
-            (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-            if v
-            else (float("nan"), float("nan"))
-        )
+        low, high = _percentile_interval(v, level)
         out[k] = {"difference": point[k], "low": low, "high": high}
     return out
 
@@ -154,15 +159,7 @@ def fold_mean_interval(
             for k, f in METRICS.items():
                 per_fold[k].append(f(d, same))
         for k, v in per_fold.items():
-            finite = [x for x in v if np.isfinite(x)]
-            if finite:
-                values[k].append(float(np.mean(finite)))
-    tail = (1 - level) / 2 * 100
-    return {
-        k: (
-            (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-            if v
-            else (float("nan"), float("nan"))
-        )
-        for k, v in values.items()
-    }
+            value = _finite_mean(v)
+            if np.isfinite(value):
+                values[k].append(value)
+    return {k: _percentile_interval(v, level) for k, v in values.items()}
