@@ -27,11 +27,15 @@ def random_labels(layout: str, n: int, gen: torch.Generator) -> torch.Tensor:
 LAYOUTS = ["balanced", "unbalanced", "singletons", "one_class", "distinct", "large_k"]
 
 
-@pytest.fixture(params=["compare", "grid", "search"])
+@pytest.fixture(params=["small", "compare", "grid", "search"])
 def bucketing(request, monkeypatch):
-    """Run a test under every bucketing path of the miner: the CPU's two, and the GPU's
+    """Run a test under every path of the miner: the small matrices' sorted rows (at every
+    size), and the chunked pass with each bucketing: the CPU's two, and the GPU's
     torch.searchsorted (taken here on the CPU)."""
     import tripletkit._bucketing as bucketing
+    import tripletkit.mining as mining
+
+    monkeypatch.setattr(mining, "SMALL_ELEMENTS", 10**12 if request.param == "small" else 0)
 
     monkeypatch.setattr(
         bucketing, "COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0

@@ -145,7 +145,7 @@ def triplet_loss(
     with _full_precision(x):
         with torch.no_grad():
             dist = pairwise_distances(x.detach(), distance=distance)
-            check_finite(dist, _too_large(x))
+            check_finite(dist, lambda: _too_large(x))
             structure = label_groups(labels)
         loss, stats = _loss(x, None, dist, structure, options)
     return loss, stats
@@ -266,7 +266,7 @@ def _rectangular(
     with _full_precision(q):
         with torch.no_grad():
             dist = pairwise_distances(q.detach(), d.detach(), distance=options.distance)
-            check_finite(dist, _too_large(q, d))
+            check_finite(dist, lambda: _too_large(q, d))
             relevance = structure()
         loss, stats = _loss(q, d, dist, relevance, options)
     return loss, stats
@@ -530,7 +530,7 @@ def _host_values(found: Scan, terms: _Terms, loss: Tensor) -> _HostValues:
         value,
         value if terms.scale is None else terms.scale.double(),
     )
-    return _HostValues(*torch.stack([t.to(value.device) for t in totals]).tolist())
+    return _HostValues(*torch.stack(totals).tolist())
 
 
 def _check_result(values: _HostValues, o: _Options, dist: Tensor, hint: Callable[[], str]) -> None:
@@ -597,6 +597,10 @@ def check_embeddings(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
+    # a NaN or an infinity anywhere makes the sum NaN or infinite; so may an overflow of finite
+    # values, which the row check then clears
+    if bool(torch.isfinite(x.detach().sum())):
+        return
     finite = torch.isfinite(x.detach()).all(1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).squeeze(1)[:5].tolist()

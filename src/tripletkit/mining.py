@@ -80,7 +80,9 @@ distance is bucketed once against its row's sorted thresholds (:mod:`tripletkit.
 bucket > j exactly when the distance is above threshold j); per-bucket counts, sums and minima
 then answer every question above (how many negatives lie under each threshold, which is the
 closest one above it) with cumulative sums over the buckets instead of a (B, B, B) comparison.
-Buffers are passed down explicitly (:class:`ChunkBuffers`).
+Buffers are passed down explicitly (:class:`ChunkBuffers`). A small batch (rows x positive
+slots x columns at most :data:`SMALL_ELEMENTS`, as at B = 128 with 4 per person) is compared
+directly instead, in a few whole-matrix operations (:func:`_scan_small`), with the same result.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ from __future__ import annotations
 import numbers
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,6 +106,10 @@ FALLBACKS = ("skip", "hardest", "easiest")
 _CHUNK_ELEMENTS = 1 << 20
 # Buffer bytes kept between calls; larger sets of buffers are released after each call.
 KEEP_BYTES = 64 << 20
+# Scans of at most this many comparisons (rows x positive slots x columns) take the small path
+# (:func:`_scan_small`): a few whole-matrix operations, where the chunked pass's fixed cost per
+# call outweighs its work.
+SMALL_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -470,6 +476,11 @@ def scan(
     device = distances.device
     groups = structure
     slots = groups.slots
+    semi = strategy == "semi-hard"
+    if 0 < n * max(slots, 1) * n_cols <= SMALL_ELEMENTS:
+        return _scan_small(
+            distances, groups, margin, strategy, offset, fallback, hinge, weights_out
+        )
     has_neg = groups.negatives > 0
     zero = torch.zeros((), dtype=torch.float64, device=device)
     out = Scan(
@@ -488,7 +499,6 @@ def scan(
     if strategy == "hard" or (strategy == "semi-hard" and fallback == "hardest"):
         out.closest = torch.full((n,), -1, dtype=torch.long, device=device)
     all_hinge = strategy == "all" and hinge
-    semi = strategy == "semi-hard"
     if all_hinge:
         out.hinge_count = torch.zeros(n, slots, dtype=distances.dtype, device=device)
         out.hinge_sum = torch.zeros(n, slots, dtype=distances.dtype, device=device)
@@ -570,6 +580,77 @@ def _scan_chunk(
         found, pick = semi_hard_choice(chunk, buckets, thresholds, options.signed, buffers)
         out.chosen[rows] = torch.where(found & valid, pick, -1)
     return crowded
+
+
+def _scan_small(
+    distances: Tensor,
+    groups: Groups | Relevance,
+    margin: float,
+    strategy: str,
+    offset: float,
+    fallback: str,
+    hinge: bool,
+    weights_out: Tensor | None,
+) -> Scan:
+    """:func:`scan` of a small matrix by direct comparison: for every anchor-positive slot
+    (a, p) of every row at once, D[a, n] against d = D[a, p] for every n, in (R, S, C) tensors
+    of at most :data:`SMALL_ELEMENTS` entries:
+
+    - hard negatives #{n: D[a,n] <= d}, active ones #{n: D[a,n] < d + m};
+    - the semi-hard choice, the closest n with D[a,n] > d + t (``min`` returns the first of
+      equals: the smallest column);
+    - batch-all's hinge sum over the active negatives, and each negative's weight
+      -#{p: D[a,n] < d_ap + m}.
+
+    The same counts, choices and weights as the chunked pass (the sums may round otherwise).
+    """
+    rows = torch.arange(len(distances), device=distances.device)
+    pos, pos_valid = groups.positive_slots(rows)
+    negative = groups.negative_mask(rows)
+    negatives = groups.negatives
+    has_neg = negatives > 0
+    d_ap = distances.gather(1, pos)
+    inf = torch.full((), float("inf"), dtype=distances.dtype, device=distances.device)
+    chunk = torch.where(negative, distances, inf)
+    # (R, S, C): each negative against each of its row's positive distances
+    entries, below = chunk[:, None, :], d_ap[:, :, None]
+    hard = (entries <= below).sum(2)
+    under = entries < below + margin  # active: a positive hinge
+    active = under.sum(2)
+    valid = pos_valid & has_neg[:, None]
+    f64 = torch.float64
+    out = Scan(
+        pos=pos,
+        pos_valid=pos_valid,
+        d_ap=d_ap,
+        has_neg=has_neg,
+        # integer sums (exact), then float64 as the chunked pass accumulates them
+        valid_triplets=(groups.positives * negatives).sum().to(f64),
+        hard_triplets=(hard * valid).sum().to(f64),
+        # a hard triplet is never easy, even at margin 0 (where the active ones are inside it)
+        not_easy_triplets=(torch.maximum(active, hard) * valid).sum().to(f64),
+        sum_d_ap=(d_ap * pos_valid).sum(dtype=f64),
+        sum_d_an=(distances * negative).sum(dtype=f64),
+        n_ap=groups.positives.sum().to(f64),
+        n_an=negatives.sum().to(f64),
+    )
+    semi = strategy == "semi-hard"
+    if strategy == "hard" or (semi and fallback == "hardest"):
+        closest = chunk.argmin(1)  # the first of equals
+        out.closest = torch.where(has_neg, closest, -1)
+    if semi and fallback == "easiest":
+        farthest = torch.where(negative, distances, -inf).argmax(1)  # the first of equals
+        out.farthest = torch.where(has_neg, farthest, -1)
+    if strategy == "all" and hinge:
+        out.hinge_count = torch.where(valid, active, 0).to(distances.dtype)
+        out.hinge_sum = torch.where(valid, torch.where(under, entries, 0.0).sum(2), 0.0)
+        weights = (under & valid[:, :, None]).sum(1).neg_().to(distances.dtype)
+        out.neg_weight = weights if weights_out is None else weights_out.copy_(weights)
+    if semi:
+        limit = below + offset if offset != 0.0 else below
+        value, pick = torch.where(entries > limit, entries, inf).min(2)
+        out.chosen = torch.where(valid & torch.isfinite(value), pick, -1)
+    return out
 
 
 def masked_rows(
@@ -759,8 +840,9 @@ def as_labels(labels: Tensor | Sequence[int] | np.ndarray, n: int, name: str = "
     return labels.to(torch.long)
 
 
-def check_finite(distances: Tensor, hint: str = "") -> None:
-    """Raise ValueError naming the first row of ``distances`` with a NaN or infinite value.
+def check_finite(distances: Tensor, hint: Callable[[], str] | None = None) -> None:
+    """Raise ValueError naming the first row of ``distances`` with a NaN or infinite value,
+    with ``hint()`` (computed only then) after it.
 
     One reduction over the matrix (min and max together) and one host sync per call.
     """
@@ -774,7 +856,7 @@ def check_finite(distances: Tensor, hint: str = "") -> None:
     col = int(torch.nonzero(bad[row])[0])
     raise ValueError(
         f"distances are not finite: row {row}, column {col} is {float(distances[row, col])}"
-        + (f" ({hint})" if hint else "")
+        + (f" ({hint()})" if hint is not None else "")
     )
 
 

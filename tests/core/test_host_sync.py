@@ -52,6 +52,7 @@ class CountSyncs(TorchFunctionMode):
 
 def syncs_of_scan(dist, structure, strategy, chunk_elements, monkeypatch):
     monkeypatch.setattr(mining, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(mining, "SMALL_ELEMENTS", 0)  # the chunked pass
     options = dict(offset=0.1, fallback="hardest") if strategy == "semi-hard" else {}
     with CountSyncs() as counter:
         found = scan(dist, structure, margin=0.2, strategy=strategy, nonnegative=True, **options)
@@ -99,9 +100,10 @@ def test_loss_syncs_a_fixed_number_of_times(monkeypatch):
     x = torch.randn(96, 8, generator=gen, requires_grad=True)
     labels = torch.arange(24).repeat_interleave(4)
     counts = []
-    for chunk_elements in (1 << 30, 256):
+    for small, chunk_elements in ((0, 1 << 30), (0, 256), (1 << 30, 256)):
+        monkeypatch.setattr(mining, "SMALL_ELEMENTS", small)
         monkeypatch.setattr(mining, "_CHUNK_ELEMENTS", chunk_elements)
         with CountSyncs() as counter:
             loss, _ = triplet_loss(x, labels, mining="semi-hard", fallback="hardest")
         counts.append(len(counter.calls))
-    assert counts[0] == counts[1]
+    assert counts[0] == counts[1] >= counts[2]  # the small path: no more than the chunked

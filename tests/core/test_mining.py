@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+import tripletkit.mining as mining
 from conftest import LAYOUTS, random_labels
 from reference import loop_mine
 from tripletkit import mine, pairwise_distances
-from tripletkit.mining import label_groups
+from tripletkit.mining import FALLBACKS, Relevance, label_groups, scan
 
 # Hand-written case: labels [0, 0, 1, 1]; every value is distinct and far from every
 # threshold below, so the expected triplets can be read off the matrix.
@@ -211,3 +212,48 @@ def test_offset_and_fallback_outside_semi_hard_warn(strategy, options):
     with pytest.warns(UserWarning, match="apply to mining='semi-hard' only"):
         got = mine(D, LABELS, strategy, **options)
     assert got.as_list() == mine(D, LABELS, strategy).as_list()
+
+
+SCAN_FIELDS = ("pos", "pos_valid", "d_ap", "has_neg", "valid_triplets", "hard_triplets")
+SCAN_FIELDS += ("not_easy_triplets", "n_ap", "n_an", "hinge_count", "neg_weight")
+SCAN_FIELDS += ("chosen", "closest", "farthest")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("rectangular", [False, True])
+def test_small_path_scans_as_the_chunked_pass(layout, rectangular, monkeypatch):
+    """The small matrices' direct comparison gives the chunked pass's counts, choices and
+    weights exactly, and its sums to rounding, on square and anchors x candidates matrices
+    with ties, negative values and every strategy, offset and fallback."""
+    for seed in range(10):
+        gen = torch.Generator().manual_seed(seed)
+        labels = random_labels(layout, int(torch.randint(2, 40, (1,), generator=gen)), gen)
+        x = torch.randn(len(labels), 4, generator=gen, dtype=torch.float64)
+        if rectangular:
+            cols = labels[torch.randperm(len(labels), generator=gen)][: max(1, len(labels) // 2)]
+            y = torch.randn(len(cols), 4, generator=gen, dtype=torch.float64)
+            dist, structure = pairwise_distances(x, y), Relevance.from_labels(labels, cols)
+        else:
+            dist, structure = pairwise_distances(x), label_groups(labels)
+        if seed % 3 == 0:  # ties on purpose
+            dist = (dist * 4).round() / 4
+        if seed % 4 == 1:
+            dist = dist - dist.mean()
+        offset = [0.0, 0.3, -0.4, -float("inf"), float("inf")][seed % 5]
+        for strategy, fallback in [("all", "skip"), ("hard", "skip")] + [
+            ("semi-hard", f) for f in FALLBACKS
+        ]:
+            options = dict(margin=0.2, strategy=strategy, offset=offset, fallback=fallback)
+            found = {}
+            for name, small in (("small", 10**12), ("chunked", 0)):
+                monkeypatch.setattr(mining, "SMALL_ELEMENTS", small)
+                found[name] = scan(dist, structure, **options)
+            for field in SCAN_FIELDS:
+                got, want = getattr(found["small"], field), getattr(found["chunked"], field)
+                assert (got is None) == (want is None), field
+                if got is not None:
+                    assert torch.equal(got, want), (seed, strategy, fallback, field)
+            for field in ("sum_d_ap", "sum_d_an", "hinge_sum"):
+                got, want = getattr(found["small"], field), getattr(found["chunked"], field)
+                if got is not None:
+                    torch.testing.assert_close(got, want, msg=f"{seed} {strategy} {field}")
