@@ -21,13 +21,16 @@ TINY = [
 ]
 
 
-def make_faces(root: Path, identities: int = 6, per_id: int = 4, size=(24, 20), seed=0) -> Path:
-    """Each identity: its own random blob pattern; each image: shifted, noisy, rescaled."""
+def make_faces(
+    root: Path, identities: int = 6, per_id: int = 4, size=(24, 20), seed=0, prefix="person"
+) -> Path:
+    """Each identity (``prefix`` and its number): its own random blob pattern; each image:
+    shifted, noisy, rescaled."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(identities):
         pattern = rng.random(size)
-        folder = root / f"person{i:02d}"
+        folder = root / f"{prefix}{i:02d}"
         folder.mkdir()
         for j in range(per_id):
             img = np.roll(pattern, rng.integers(-2, 3), axis=1) + 0.1 * rng.random(size)

@@ -31,9 +31,18 @@ def add_commands(commands: Any) -> None:
         help="score a trained run and write its report",
         description="Verification, identification and clustering on the held-out identities of "
         "every fold, for the model, its ablation arms and the baselines (eigenfaces, raw "
-        "pixels, untrained network). Writes metrics.json, report.md and PNG figures.",
+        "pixels, untrained network). Writes metrics.json, report.md and PNG figures. With "
+        "--people FOLDER (faces): every model of the run, and the pretrained descriptor a dlib "
+        "run started from, scored on the people of FOLDER instead (one sub-folder per person, "
+        "none of them trained on), with bootstrap intervals over people; writes "
+        "RUN/people-<FOLDER name>.json.",
     )
     evaluate.add_argument("run", help="the run folder, e.g. runs/demo")
+    evaluate.add_argument(
+        "--people",
+        metavar="FOLDER",
+        help="score the run's models on these people (a sub-folder per person) instead",
+    )
     evaluate.add_argument("--quiet", action="store_true", help="less output")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -122,6 +131,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config = run / "config.yaml"
     task = read_settings(config).get("task", "faces") if config.is_file() else "faces"
+    if getattr(args, "people", None) is not None:
+        if task != "faces":
+            raise ValueError(f"--people scores face models; {run} is a {task} run")
+        from ..faces.held_out import evaluate_people, table
+
+        print(table(evaluate_people(run, args.people, progress=not args.quiet)))
+        print(f"scores: {run / ('people-' + Path(args.people).resolve().name + '.json')}")
+        return 0
     if task == "search":
         from ..search.evaluation import evaluate
         from ..search.report import SEARCH_METRICS

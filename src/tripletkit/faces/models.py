@@ -51,7 +51,7 @@ from .cnn import ResNetEmbedder
 from .config import FacesConfig
 from .dlib_resnet import DlibResNet
 from .images import to_float
-from .pretrained import load_dlib_resnet
+from .pretrained import MODEL_FILE, MODEL_SHA256, PACKAGE_PIN, load_dlib_resnet
 from .runtime import DEFAULT_RUNTIME, OnnxDescriptor, is_export, load_onnx
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ DEFAULT_FAR = 1e-3
 # 1.3.0 test photos obama/obama2/obama3 are 0.24-0.31 apart, biden 0.59-0.63 from each.
 STOCK_THRESHOLD = 0.367
 STOCK_CLUSTER_THRESHOLD = 0.345
+# What a fine-tuned dlib model started from (its teacher, when trained against one).
+STARTED_FROM = f"{MODEL_FILE} of {PACKAGE_PIN} (sha256 {MODEL_SHA256})"
 STOCK_CALIBRATION = "all 400 ORL images (40 people, full resolution) at FAR 1e-3"
 
 
@@ -228,9 +230,11 @@ def save_model(
     cfg: FacesConfig,
     thresholds: dict[str, Any],
     kind: str = "scratch",
+    trained_on: list[str] | None = None,
 ) -> None:
     """``model.safetensors`` and ``model.json`` (weights file, kind, config, thresholds and
-    what they were calibrated on) into ``folder``.
+    what they were calibrated on, the names of the people it was ``trained_on``, and for the
+    dlib kind the pretrained network it started from) into ``folder``.
 
     The folder is replaced as one unit: a new folder gets the model and the files already in
     ``folder`` (checkpoint, log), then takes its place; an interruption leaves the old folder.
@@ -240,6 +244,10 @@ def save_model(
     folder = Path(folder)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"weights": WEIGHTS, "kind": kind, "config": to_dict(cfg), **thresholds}
+    if trained_on is not None:
+        meta["training_people"] = sorted(trained_on)
+    if kind == "dlib":
+        meta["started_from"] = STARTED_FROM
     with atomic_folder(folder) as tmp:
         if folder.is_dir():
             # ONNX exports are of the old weights: not carried over

@@ -121,7 +121,8 @@ def train_model(
     labels = calibration.labels.numpy()
     thresholds: dict[str, object] = dict(calibrate(embeddings, labels, cfg.model.far))
     thresholds["calibration"] = f"{len(np.unique(labels))} {who} people at FAR {cfg.model.far:g}"
-    save_model(out_dir, model.cpu(), cfg, thresholds, kind="scratch")
+    thresholds["calibration_people"] = calibration.people()
+    save_model(out_dir, model.cpu(), cfg, thresholds, kind="scratch", trained_on=data.people())
     return model
 
 
