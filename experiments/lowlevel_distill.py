@@ -2,9 +2,11 @@
 people (issue 19): the student's stem and first ``levels`` levels, fed degraded views, are
 pulled toward the frozen teacher's feature maps of the clean image at the same depth (pixel-
 aligned: each view is cut in the clean photo's box), optionally also toward the teacher's clean
-embedding through the frozen upper levels. The upper levels and the final layer stay the
-pretrained ones, so the embedding space is unchanged and nothing is fitted to the training
-people's identities: the signal is the same for any face.
+embedding through the frozen upper levels. The recipes named "detected views" cut each view as
+the test chips are cut (the CNN detector on the degraded photo) and use the embedding term only,
+since such a view is not pixel-aligned with the clean one. The upper levels and the final
+layer stay the pretrained ones, so the embedding space is unchanged and nothing is fitted to
+the training people's identities: the signal is the same for any face.
 
 Training: each fold's training people (test and validation people are not read), 8 views per
 image from the camera family of experiments/teacher_recipes.py (shrink 1-6x, blur, noise, JPEG
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from teacher_recipes import VIEWS, load_inputs, scores, trunk
+from teacher_recipes import FAMILY, VIEWS, load_inputs, scores, trunk
 
 from tripletkit._io import write_text
 from tripletkit.faces.cameras import CameraFamily
@@ -52,6 +54,11 @@ class Recipe:
     w_feat: float = 1.0  # feature maps at that depth against the teacher's of the clean image
     w_embed: float = 0.0  # the embedding (through the frozen top) against the clean teacher's
     lr: float = 1e-4
+    align: str = "box"  # the training views: "box" (the clean photo's) or "detect" (as at test)
+
+    def __post_init__(self) -> None:
+        if self.align == "detect" and self.w_feat:
+            raise ValueError(f"{self.name}: views cut by detection are not pixel-aligned")
 
 
 RECIPES = [
@@ -60,6 +67,27 @@ RECIPES = [
     Recipe("stem + levels 1-2, feature maps, lr 1e-4", levels=2),
     Recipe("stem + level 1, feature maps + embedding, lr 1e-4", w_embed=1.0),
     Recipe("stem + levels 1-2, embedding only, lr 1e-4", levels=2, w_feat=0.0, w_embed=1.0),
+    Recipe(
+        "detected views: stem + level 1, embedding, lr 1e-4",
+        w_feat=0.0,
+        w_embed=1.0,
+        align="detect",
+    ),
+    Recipe(
+        "detected views: stem + level 1, embedding, lr 1e-5",
+        w_feat=0.0,
+        w_embed=1.0,
+        lr=1e-5,
+        align="detect",
+    ),
+    Recipe(
+        "detected views: stem + levels 1-2, embedding, lr 1e-5",
+        levels=2,
+        w_feat=0.0,
+        w_embed=1.0,
+        lr=1e-5,
+        align="detect",
+    ),
 ]
 
 
@@ -125,7 +153,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     began = time.time()
-    clean, low, views = load_inputs()
+    clean, low, box_views = load_inputs()
+    chosen = [r for r in RECIPES if re.search(args.only, r.name)]
+    views = {"box": box_views.chips}
+    if any(r.align == "detect" for r in chosen):
+        settings = ViewSettings(FAMILY, VIEWS, seed=0, detector="cnn", align="detect")
+        detected = load_views("orl", settings)
+        if detected.paths != clean.paths:
+            raise ValueError("the detected views and the clean chips hold other images")
+        views["detect"] = detected.chips
     harsh = load_views("orl", ViewSettings(HARSH, 1, seed=1, detector="cnn"))
     if harsh.paths != clean.paths:
         raise ValueError("the x4q15 views and the clean chips hold other images")
@@ -136,7 +172,6 @@ def main() -> None:
     plan = folds(DataConfig(val_people=6, folds=4, seed=0), clean)
     targets: dict[int, torch.Tensor] = {}
     rows: list[tuple[str, dict, float]] = []
-    chosen = [r for r in RECIPES if re.search(args.only, r.name)]
     for recipe in [Recipe("frozen (the pretrained descriptor)"), *chosen]:
         if recipe.levels not in targets:
             targets[recipe.levels] = trunk(teacher, clean.images, recipe.levels)
@@ -150,7 +185,7 @@ def main() -> None:
                     recipe,
                     teacher,
                     fold,
-                    views.chips,
+                    views[recipe.align],
                     targets[recipe.levels],
                     target_emb,
                     args.steps,
@@ -180,8 +215,10 @@ def report(rows: list[tuple[str, dict, float]], steps: int, seconds: float) -> s
         "",
         f"The student's stem and first level(s) take a degraded view ({VIEWS} per ORL image from "
         "the camera family shrink 1-6x, blur 0.3-1.5 (30%), noise 2-8 (30%), JPEG 10-60 (50%), "
-        "cut in the clean photo's box) and are pulled toward the frozen teacher's feature maps of "
-        "the clean image at the same depth (mean squared error over the maps' variance), and/or "
+        "cut in the clean photo's box, or, for the recipes named 'detected views', with dlib's CNN "
+        "detector run on each degraded photo as at test time) and are pulled toward the frozen "
+        "teacher's feature maps of the clean image at the same depth (mean squared error over "
+        "the maps' variance), and/or "
         "toward the teacher's clean embedding through the frozen upper levels. The upper levels "
         f"and the final layer stay the pretrained ones. {steps} steps of {BATCH} views from each "
         "fold's training people, Adam. Scored on the 4 folds' 6 validation people each (mean; "
