@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-photos lint serve demo demo-scratch ablation docs-orl docs-search search-demo search-ablation search-dev-sweep bench bench-mining bench-serve bench-inference clean
+.PHONY: install test test-photos lint serve demo demo-scratch ablation docs-orl docs-search search-demo search-ablation search-dev-sweep bench bench-mining bench-serve bench-first-serve bench-inference clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -106,6 +106,11 @@ bench-mining: $(STAMP)
 # 16 connections, at most 60 s a scenario, 127.0.0.1 only; rewrites benchmarks/serve_cpu.md.
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py --out benchmarks/serve_cpu.md
+
+# The first `make serve` of a fresh clone of HEAD, installation included, every cache empty,
+# until /health answers 200; rewrites benchmarks/first_serve.md.
+bench-first-serve: $(STAMP)
+	$(BIN)/python benchmarks/first_serve.py --out benchmarks/first_serve.md
 
 # Inference side by side: the text encoder through sentence-transformers, ONNX Runtime fp32
 # and int8 (docs/s, nDCG@10 on the wiki dev and test splits), dlib's descriptor through dlib's
