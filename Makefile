@@ -78,7 +78,8 @@ search-dev-sweep: $(STAMP)
 docs-orl:
 	mkdir -p docs/orl
 	rm -f docs/orl/*.png
-	cp runs/demo/report.md runs/demo/metrics.json runs/demo/intervals.json runs/demo/*.png docs/orl/
+	cp runs/demo/report.md runs/demo/metrics.json runs/demo/intervals.json runs/demo/protocols.json \
+		runs/demo/*.png docs/orl/
 
 # Publish the search ablation run (report, metrics, figures) as docs/search/.
 docs-search:
