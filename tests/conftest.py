@@ -35,7 +35,9 @@ def bucketing(request, monkeypatch):
     import tripletkit._bucketing as bucketing
     import tripletkit.mining as mining
 
-    monkeypatch.setattr(mining, "SMALL_ELEMENTS", 10**12 if request.param == "small" else 0)
+    big = 10**12 if request.param == "small" else 0
+    monkeypatch.setattr(mining, "SMALL_DISTANCES", big)
+    monkeypatch.setattr(mining, "SMALL_ELEMENTS", big)
 
     monkeypatch.setattr(
         bucketing, "COMPARE_MAX_THRESHOLDS", 10**6 if request.param == "compare" else 0

@@ -52,7 +52,7 @@ class CountSyncs(TorchFunctionMode):
 
 def syncs_of_scan(dist, structure, strategy, chunk_elements, monkeypatch):
     monkeypatch.setattr(mining, "_CHUNK_ELEMENTS", chunk_elements)
-    monkeypatch.setattr(mining, "SMALL_ELEMENTS", 0)  # the chunked pass
+    monkeypatch.setattr(mining, "SMALL_DISTANCES", 0)  # the chunked pass
     options = dict(offset=0.1, fallback="hardest") if strategy == "semi-hard" else {}
     with CountSyncs() as counter:
         found = scan(dist, structure, margin=0.2, strategy=strategy, nonnegative=True, **options)
@@ -101,7 +101,7 @@ def test_loss_syncs_a_fixed_number_of_times(monkeypatch):
     labels = torch.arange(24).repeat_interleave(4)
     counts = []
     for small, chunk_elements in ((0, 1 << 30), (0, 256), (1 << 30, 256)):
-        monkeypatch.setattr(mining, "SMALL_ELEMENTS", small)
+        monkeypatch.setattr(mining, "SMALL_DISTANCES", small)
         monkeypatch.setattr(mining, "_CHUNK_ELEMENTS", chunk_elements)
         with CountSyncs() as counter:
             loss, _ = triplet_loss(x, labels, mining="semi-hard", fallback="hardest")

@@ -246,6 +246,7 @@ def test_small_path_scans_as_the_chunked_pass(layout, rectangular, monkeypatch):
             options = dict(margin=0.2, strategy=strategy, offset=offset, fallback=fallback)
             found = {}
             for name, small in (("small", 10**12), ("chunked", 0)):
+                monkeypatch.setattr(mining, "SMALL_DISTANCES", small)
                 monkeypatch.setattr(mining, "SMALL_ELEMENTS", small)
                 found[name] = scan(dist, structure, **options)
             for field in SCAN_FIELDS:
