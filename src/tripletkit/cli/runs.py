@@ -134,10 +134,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "people", None) is not None:
         if task != "faces":
             raise ValueError(f"--people scores face models; {run} is a {task} run")
-        from ..faces.held_out import evaluate_people, table
+        from ..faces.held_out import evaluate_people, scores_file, table
 
         print(table(evaluate_people(run, args.people, progress=not args.quiet)))
-        print(f"scores: {run / ('people-' + Path(args.people).resolve().name + '.json')}")
+        print(f"scores: {scores_file(run, Path(args.people))}")
         return 0
     if task == "search":
         from ..search.evaluation import evaluate

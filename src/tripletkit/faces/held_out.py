@@ -33,6 +33,11 @@ from .photos import read_faces
 PRETRAINED = "pretrained dlib"
 
 
+def scores_file(run: Path, folder: Path) -> Path:
+    """Where :func:`evaluate_people` writes the scores of ``run`` on ``folder``'s people."""
+    return run / f"people-{folder.resolve().name}.json"
+
+
 def model_folders(run: Path) -> list[Path]:
     """Every folder under ``run`` that holds a complete model, sorted.
 
@@ -135,19 +140,18 @@ def evaluate_people(run: str | Path, folder: str | Path, *, progress: bool = Tru
         labels, batch = inputs[key]
         embedded[name] = model.embed(batch)
         results[name] = scores(embedded[name], labels, model.threshold)
-    dlib_labels = inputs["dlib"][0] if "dlib" in inputs else None
-    for name, model in models:
-        if model.kind != "dlib" or name == PRETRAINED:
-            continue
-        assert dlib_labels is not None
+    if PRETRAINED in embedded:
+        dlib_labels = inputs["dlib"][0]
         frozen = metrics.distance_matrix(embedded[PRETRAINED])
-        tuned = metrics.distance_matrix(embedded[name])
-        results[name]["minus_pretrained"] = bootstrap.paired_difference(
-            [(frozen, tuned, dlib_labels)]
-        )
+        for name, model in models:
+            if model.kind == "dlib" and name != PRETRAINED:
+                tuned = metrics.distance_matrix(embedded[name])
+                results[name]["minus_pretrained"] = bootstrap.paired_difference(
+                    [(frozen, tuned, dlib_labels)]
+                )
     photos = max(len(labels) for labels, _ in inputs.values())
     out = {"folder": str(folder), "people": len(people), "photos": photos, "models": results}
-    write_json(run / f"people-{folder.resolve().name}.json", out)
+    write_json(scores_file(run, folder), out)
     return out
 
 
