@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from faces_fixtures import make_faces
 
 from tripletkit.cli.settings import load_config
@@ -96,3 +97,51 @@ def test_an_unknown_detector_is_named(tmp_path):
     cfg = load_config(None, ["model.backbone=dlib", "data.detector=mtcnn"])
     with pytest.raises(ValueError, match=r"data.detector must be one of \('hog', 'cnn'\)"):
         chip_sets(cfg, progress=False)
+
+
+def test_a_camera_adapted_run_shares_its_adapted_levels_across_resolutions(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIPLETKIT_CACHE", str(tmp_path / "cache"))
+    from safetensors.torch import load_file
+
+    from tripletkit.faces.pretrained import load_dlib_resnet
+
+    pretrained = load_dlib_resnet().state_dict()
+    source = make_faces(tmp_path / "faces", identities=8, per_id=3, size=(48, 40))
+    cfg = load_config(
+        None,
+        [
+            f"data.source={source}",
+            "data.folds=2",
+            "data.fold=0",
+            "data.val_people=2",
+            "data.lowres=[1, 4]",
+            "model.backbone=dlib",
+            "model.train_levels=1",
+            "adapt.levels=1",
+            "adapt.steps=2",
+            "adapt.p=2",
+            "adapt.k=2",
+            "train.max_steps=2",
+            "train.p=2",
+            "train.k=2",
+            "train.warmup_steps=0",
+            "train.threads=1",
+        ],
+    )
+    run = tmp_path / "runs" / "camera"
+    faces.train(cfg, run, progress=False)
+    assert (run / "adapt" / "fold0" / "val_log.jsonl").exists()
+    weights = {}
+    for folder in ("fold0", "lowres4/fold0"):
+        meta = json.loads((run / folder / "model.json").read_text())
+        assert meta["adapted_to"] == ["x1", "x4"]
+        assert meta["config"]["adapt"]["levels"] == 1 and meta["started_from"]
+        weights[folder] = load_file(str(run / folder / "model.safetensors"))
+    full, low = weights["fold0"], weights["lowres4/fold0"]
+    # one adapted stem and first level per fold, under each resolution's own fine-tuned top
+    for key in (k for k in full if k.startswith(("stem.", "levels.0."))):
+        assert torch.equal(full[key], low[key]), key
+    assert not torch.equal(full["stem.0.weight"], pretrained["stem.0.weight"])
+    assert not torch.equal(full["fc.weight"], low["fc.weight"])
+    for key in (k for k in full if k.startswith(("levels.1.", "levels.2.", "levels.3."))):
+        assert torch.equal(full[key], pretrained[key]), key

@@ -86,6 +86,27 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """Camera adaptation of the dlib backbone (:mod:`tripletkit.faces.adapt`), before any
+    fine-tuning of its top levels: the stem and the first ``levels`` levels (0: no adaptation)
+    learn to map the chips of every ``data.lowres`` factor to the frozen network's embedding of
+    the clean chip. One adapted network per fold serves every factor. ``steps`` steps of Adam
+    at ``lr`` on ``p`` x ``k`` batches of the training people (each example one of its views),
+    seeded by ``seed``; ``triplet`` weighs the teacher-anchored triplets (student anchors,
+    teacher candidates; mining and margin from the ``loss`` section) against the distillation
+    term (0: distillation alone).
+    """
+
+    levels: int = 0
+    steps: int = 400
+    lr: float = 1e-4
+    p: int = 12
+    k: int = 4
+    triplet: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class FacesConfig:
     """A whole faces run."""
 
@@ -95,4 +116,5 @@ class FacesConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     ablation: tuple[str, ...] = ()

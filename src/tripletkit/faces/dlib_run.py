@@ -4,7 +4,10 @@ training people, calibrate on the validation people, and embed for evaluation.
 Layout: the models of resolution factor ``data.lowres[0]`` are ``<run>/fold0`` ...; those of a
 further factor f are ``<run>/lowres<f>/fold0`` ... (see :func:`variant_folder`). With
 ``model.mix_resolutions`` every folder of a fold holds the same weights (one model trained on
-every resolution's chips), calibrated on its own resolution's validation chips.
+every resolution's chips), calibrated on its own resolution's validation chips. With
+``adapt.levels`` each fold's network is first adapted to the run's cameras
+(:mod:`tripletkit.faces.adapt`; checkpoint and logs in ``<run>/adapt/fold0`` ...), and the
+top levels are fine-tuned on the adapted one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapt import adapt
 from .align import DETECTORS
 from .chips import ChipSettings, load_chips
 from .config import FacesConfig
@@ -76,6 +80,55 @@ def _calibration(net: DlibResNet, chips: ImageSet, fold: Fold, far: float) -> di
     return out
 
 
+def _features(
+    net: DlibResNet, chips: dict[int, ImageSet], start: int, cfg: FacesConfig, progress: bool
+) -> dict[int, torch.Tensor]:
+    """factor -> the frozen levels' output of every chip (see :func:`trunk_features`)."""
+    return {
+        f: trunk_features(
+            net,
+            s.images,
+            start,
+            mirror=cfg.model.mirror,
+            progress=progress,
+            desc=f"caching trunk features (x{f})",
+        )
+        for f, s in chips.items()
+    }
+
+
+def _adapted(
+    pretrained: DlibResNet,
+    chips: dict[int, ImageSet],
+    fold: Fold,
+    cfg: FacesConfig,
+    out_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+) -> DlibResNet:
+    """The fold's camera-adapted network (:func:`tripletkit.faces.adapt.adapt`)."""
+    val = None
+    if len(fold.val):
+        labels = chips[cfg.data.lowres[0]].labels[fold.val].numpy()
+        val = ({f: s.images[fold.val] for f, s in chips.items()}, labels)
+    return adapt(
+        pretrained,
+        {f: s.images[fold.train] for f, s in chips.items()},
+        chips[cfg.data.lowres[0]].labels[fold.train],
+        cfg,
+        out_dir,
+        val=val,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def adapt_folder(run: Path) -> Path:
+    """Where a run's camera adaptations (one per fold: checkpoint and logs) live."""
+    return run / "adapt"
+
+
 def train_dlib(
     cfg: FacesConfig,
     run: Path,
@@ -87,28 +140,28 @@ def train_dlib(
     progress: bool,
     done: Callable[[Path], bool],
 ) -> list[Path]:
-    """Fine-tune and save every fold's model at every resolution; return the model folders."""
+    """Per fold: adapt the network to the run's cameras (with ``adapt.levels``), fine-tune its
+    top levels at every resolution (with ``model.train_levels``), calibrate and save; return the
+    model folders."""
     factors = cfg.data.lowres
     start = first_trained_level(cfg)
-    features = {}
-    if start < 5:
-        features = {
-            f: trunk_features(
-                pretrained,
-                s.images,
-                start,
-                mirror=cfg.model.mirror,
-                progress=progress,
-                desc=f"caching trunk features (x{f})",
-            )
-            for f, s in chips.items()
-        }
+    shared: dict[int, torch.Tensor] = {}
+    if start < 5 and not cfg.adapt.levels:
+        shared = _features(pretrained, chips, start, cfg, progress)
     out: list[Path] = []
     for fold in plan:
         folders = {f: variant_folder(run, f, factors) / fold.name for f in factors}
         if resume and all(done(p) for p in folders.values()):
             out += folders.values()
             continue
+        base, features = pretrained, shared
+        record: dict[str, object] = {}
+        if cfg.adapt.levels:
+            where = adapt_folder(run) / fold.name
+            base = _adapted(pretrained, chips, fold, cfg, where, resume=resume, progress=progress)
+            record = {"adapted_to": [f"x{f}" for f in sorted(factors)]}
+            if start < 5:
+                features = _features(base, chips, start, cfg, progress)
         val: Validation = {}
         if features and len(fold.val):
             val = {
@@ -116,12 +169,12 @@ def train_dlib(
             }
         groups = [list(factors)] if cfg.model.mix_resolutions else [[f] for f in factors]
         for group in groups:
-            net = pretrained
+            net = base
             if features:
                 feats = torch.cat([features[f][fold.train] for f in group])
                 labels = torch.cat([chips[f].labels[fold.train] for f in group])
                 net = finetune(
-                    pretrained,
+                    base,
                     feats,
                     labels,
                     cfg,
@@ -131,7 +184,7 @@ def train_dlib(
                     progress=progress,
                 )
             for f in group:
-                thresholds = _calibration(net, chips[f], fold, cfg.model.far)
+                thresholds = {**_calibration(net, chips[f], fold, cfg.model.far), **record}
                 trained_on = chips[f].subset(fold.train).people()
                 save_model(folders[f], net, cfg, thresholds, kind="dlib", trained_on=trained_on)
                 out.append(folders[f])

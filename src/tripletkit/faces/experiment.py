@@ -8,8 +8,9 @@ A run folder holds ``config.yaml``, ``run.json`` (the config hash, the data dige
 fold's train / validation / test people: :mod:`tripletkit.faces.runs`), one model folder per
 identity fold (``fold0`` ...; :mod:`tripletkit.faces.models`), for the scratch backbone one per
 ablation arm and fold (``ablation/<arm>/fold0`` ...), for the dlib backbone one per further
-resolution and fold (``lowres4/fold0`` ...), and after :func:`evaluate` ``metrics.json``,
-``report.md`` and the figures (:mod:`tripletkit.faces.report`,
+resolution and fold (``lowres4/fold0`` ...) and, with camera adaptation, its checkpoint and
+logs per fold (``adapt/fold0`` ...; :mod:`tripletkit.faces.adapt`), and after :func:`evaluate`
+``metrics.json``, ``report.md`` and the figures (:mod:`tripletkit.faces.report`,
 :mod:`tripletkit.faces.dlib_report`).
 """
 
@@ -27,6 +28,7 @@ from .._io import write_json
 from .._onnx import check_runtime
 from ..config import read_config, to_dict, write_config
 from . import dlib_report, metrics, report
+from .adapt import check_adapt
 from .config import FacesConfig
 from .datasets import load_faces
 from .dlib_run import chip_sets, dlib_embeddings, train_dlib
@@ -55,6 +57,7 @@ def train(
     if cfg.model.backbone not in ("scratch", "dlib"):
         raise ValueError(f"model.backbone must be 'scratch' or 'dlib', got {cfg.model.backbone!r}")
     check_runtime(cfg.model.runtime)
+    check_adapt(cfg)
     distributed.check_same(to_dict(cfg))
     if cfg.model.backbone == "dlib":
         return _train_dlib(cfg, run, resume=resume, progress=progress)
