@@ -145,3 +145,8 @@ def test_a_camera_adapted_run_shares_its_adapted_levels_across_resolutions(tmp_p
     assert not torch.equal(full["fc.weight"], low["fc.weight"])
     for key in (k for k in full if k.startswith(("levels.1.", "levels.2.", "levels.3."))):
         assert torch.equal(full[key], pretrained[key]), key
+    summary = faces.evaluate(run, progress=False)
+    assert summary["finetuned-lowres"]["eer"]["folds"] == 1
+    report = (run / "report.md").read_text()
+    assert "first adapted to the run's cameras" in report and "(adaptation.png)" in report
+    assert (run / "adaptation.png").stat().st_size > 1000

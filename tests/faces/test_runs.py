@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from faces_fixtures import TINY, make_faces
 from PIL import Image
@@ -14,7 +15,8 @@ from PIL import Image
 from tripletkit.cli.settings import load_config
 from tripletkit.faces import experiment as faces
 from tripletkit.faces.datasets import load_faces
-from tripletkit.faces.runs import folds, validation_people
+from tripletkit.faces.images import ImageSet
+from tripletkit.faces.runs import Fold, check_batches, folds, validation_people
 from tripletkit.faces.scratch import FaceBatches
 
 
@@ -192,3 +194,14 @@ def test_a_batch_the_folds_training_people_cannot_fill_is_refused_before_any_fil
     assert "4 held out for test, 3 for validation" in str(err.value)
     assert "--set train.p=5" in str(err.value)
     assert not run.exists()
+
+
+def test_an_adaptation_batch_the_training_people_cannot_fill_is_refused_by_name():
+    labels = torch.arange(6).repeat_interleave(3)
+    data = ImageSet(torch.zeros(18, 1, 4, 4), labels, [f"p{i}" for i in range(6)], [""] * 18)
+    plan = [Fold("fold0", np.arange(15), np.arange(15, 18))]
+    fits = ["model.backbone=dlib", "train.p=5", "data.lowres=[1, 4]"]
+    check_batches(load_config(None, [*fits, "adapt.p=12"]), data, plan)  # no adaptation: fine
+    with pytest.raises(ValueError, match=r"adapt\.p=12 .* fold0 trains on 5 people") as err:
+        check_batches(load_config(None, [*fits, "adapt.levels=1", "adapt.p=12"]), data, plan)
+    assert "--set adapt.p=5" in str(err.value)

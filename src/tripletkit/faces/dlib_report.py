@@ -13,7 +13,7 @@ import numpy as np
 from .._io import legend, save_figure, write_text
 from . import metrics
 from .bootstrap import fold_mean_interval
-from .dlib_run import variant_folder, variant_suffix
+from .dlib_run import adapt_folder, variant_folder, variant_suffix
 from .models import STOCK_THRESHOLD, load_model
 from .protocols import protocol_results, protocol_table, protocol_targets
 from .report import FACE_METRICS, fold_value, metrics_table, roc_figure, subplots, training_curves
@@ -75,6 +75,12 @@ def finetune_report(
     if all(p.is_file() for p in logs):
         training_curves(logs, run / "training.png")
     validation_curves([run / f.name / "val_log.jsonl" for f in plan], run / "validation.png")
+    if cfg.adapt.levels:
+        validation_curves(
+            [adapt_folder(run) / f.name / "val_log.jsonl" for f in plan],
+            run / "adaptation.png",
+            xlabel="adaptation step",
+        )
     text = _finetune_text(
         run, cfg, data, plan, summary, per_fold, intervals, protocols, suffixes, quoted
     )
@@ -133,9 +139,11 @@ def _pair_histograms(
     save_figure(fig, run / "distances.png")
 
 
-def validation_curves(logs: list[Path], path: Path) -> None:
-    """VAL@1e-3 and EER on the validation people against fine-tuning steps, one line per fold
-    and resolution (step 0: the pretrained model)."""
+def validation_curves(logs: list[Path], path: Path, xlabel: str = "fine-tuning step") -> None:
+    """VAL@1e-3 and EER on the validation people against training steps, one line per fold
+    and resolution (step 0: the pretrained model); nothing is drawn when no log is found."""
+    if not any(log.is_file() for log in logs):
+        return
     fig, axes = subplots(1, 2, figsize=(11, 3.6))
     for i, log in enumerate(logs):
         if not log.is_file():
@@ -159,10 +167,62 @@ def validation_curves(logs: list[Path], path: Path) -> None:
     axes[0].set_title("VAL@1e-3 on validation people")
     axes[1].set_title("EER on validation people")
     for ax in axes:
-        ax.set_xlabel("fine-tuning step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         legend(ax, fontsize=8)
     save_figure(fig, path)
+
+
+def _trained_text(cfg: Any) -> str:
+    """What was trained, for the report's model paragraph."""
+    m, t, a = cfg.model, cfg.train, cfg.adapt
+    parts = []
+    if a.levels:
+        triplets = f" plus teacher-anchored triplets (weight {a.triplet:g})" if a.triplet else ""
+        parts.append(
+            f"its stem and first {a.levels} level(s) first adapted to the run's cameras: the "
+            "training people's chips at every resolution, clean ones among them, pulled to the "
+            f"frozen network's embedding of the clean chip{triplets} ({a.steps} steps of P x K "
+            f"= {a.p} x {a.k}, Adam, learning rate {a.lr:g}; one adapted network per fold, the "
+            "levels above and the final layer unchanged)"
+        )
+    if m.train_levels:
+        steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs"
+        source = "of every resolution together" if m.mix_resolutions else "of its own resolution"
+        mirrors = " and their mirrors" if m.mirror else ""
+        parts.append(
+            f"its top {m.train_levels} level(s) and final layer trained with the triplet loss "
+            f"({cfg.loss.mining} mining, margin {cfg.loss.margin}, curriculum "
+            f"{cfg.loss.curriculum}) on the training people's chips {source}{mirrors}: {steps} of "
+            f"P x K = {t.p} x {t.k}, {t.optimizer}, learning rate {t.lr} ({t.schedule}); the "
+            "frozen levels' output computed once"
+        )
+    if not parts:
+        return "frozen (nothing trained)."
+    return "; then ".join(parts) + "."
+
+
+def _curve_text(run: Path, cfg: Any) -> str:
+    """The figures of the training curves that this run drew."""
+    out = []
+    if cfg.adapt.levels and (run / "adaptation.png").is_file():
+        out.append(
+            "![adaptation](adaptation.png)\n\nVAL@1e-3 and EER on the validation people during "
+            "the camera adaptation (step 0 is the pretrained model; clean-x<f>: probes at factor "
+            "f against a clean gallery), one line per fold (the first solid)."
+        )
+    if (run / "validation.png").is_file():
+        out.append(
+            "![validation](validation.png)\n\nVAL@1e-3 and EER on the validation people during "
+            "fine-tuning (step 0 is the model it started from), one line per fold (the first "
+            "solid), one colour per resolution: what the recipe was chosen on."
+        )
+    if (run / "training.png").is_file():
+        out.append(
+            "![training](training.png)\n\nThe triplet loss during fine-tuning, the share of "
+            "easy / semi-hard / hard triplets and the semi-hard offset of the curriculum."
+        )
+    return "\n\n".join(out) + "\n"
 
 
 def _interval_table(intervals: dict[str, dict[str, Any]], order: Sequence[str]) -> str:
@@ -252,8 +312,7 @@ def _finetune_text(
     )
     low = suffixes[-1]
     data_name = "ORL / AT&T faces" if cfg.data.source == "orl" else cfg.data.source
-    m, t = cfg.model, cfg.train
-    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs"
+    m = cfg.model
     roc_lines = "\n\n".join(f"![ROC{sfx}](roc{sfx}.png)" for sfx in suffixes)
     title = f"{cfg.name}: dlib's pretrained face descriptor, frozen and fine-tuned"
     labels = " | ".join(label for _, label in HEADLINE[:4])
@@ -269,13 +328,9 @@ camera-domain shift of issue 9; methods suffixed `{low}`).
 
 **Models**: `pretrained`: dlib's face recognition ResNet (about 3 million faces), frozen, on
 aligned 150 x 150 chips ({DETECTOR_NAMES[cfg.data.detector]} on the image upscaled 2x, the whole
-image when no face is found, 5 landmarks). `finetuned`: the same network, its top
-{m.train_levels} level(s) and final layer trained with the triplet loss ({cfg.loss.mining}
-mining, margin {cfg.loss.margin}, curriculum {cfg.loss.curriculum}) on the training people's chips
-{"of every resolution together" if m.mix_resolutions else "of its own resolution"}
-{"and their mirrors" if m.mirror else ""}: {steps} of P x K = {t.p} x {t.k}, {t.optimizer},
-learning rate {t.lr} ({t.schedule}); the frozen levels' output computed once. `eigenfaces` and
-`pixels`: on the {cfg.data.height} x {cfg.data.width} gray images. {scratch_note}
+image when no face is found, 5 landmarks). `finetuned`: the same network, {_trained_text(cfg)}
+`eigenfaces` and `pixels`: on the {cfg.data.height} x {cfg.data.width} gray images.
+{scratch_note}
 
 ## Results
 
@@ -327,13 +382,4 @@ Mean ROC over folds at each resolution; the dotted line is FAR = 1e-3.
 Test-pair distances of {plan[0].name}, pretrained (left, with the stock threshold) and
 fine-tuned (right, with the threshold calibrated at FAR {m.far:g} on the validation people).
 
-![validation](validation.png)
-
-VAL@1e-3 and EER on the validation people during fine-tuning (step 0 is the pretrained model),
-one line per fold (the first solid), one colour per resolution: what the recipe was chosen on.
-
-![training](training.png)
-
-The triplet loss during fine-tuning, the share of easy / semi-hard / hard triplets and the
-semi-hard offset of the curriculum.
-"""
+{_curve_text(run, cfg)}"""

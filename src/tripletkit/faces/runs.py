@@ -105,26 +105,32 @@ def validation_people(people: np.ndarray, n: int, seed: list[int]) -> np.ndarray
 
 
 def check_batches(cfg: FacesConfig, data: ImageSet, plan: list[Fold]) -> None:
-    """Refuse, before anything is written, a batch of ``train.p`` identities that a fold's
-    training people cannot fill (each needs two images or more to be an anchor).
+    """Refuse, before anything is written, a batch of ``train.p`` (or, with camera adaptation,
+    ``adapt.p``) identities that a fold's training people cannot fill (each needs two images or
+    more to be an anchor).
 
     Raises:
-        ValueError: naming ``train.p``, the fold, how many people it trains on and why, and the
-            largest ``train.p`` that fits.
+        ValueError: naming the setting, the fold, how many people it trains on and why, and the
+            largest value that fits.
     """
     labels = data.labels.numpy()
+    wanted = [("train.p", cfg.train.p)]
+    if cfg.adapt.levels:
+        wanted.append(("adapt.p", cfg.adapt.p))
     for fold in plan:
         counts = np.bincount(labels[fold.train], minlength=len(data.names))
         usable = int((counts >= 2).sum())
-        if usable < cfg.train.p:
+        for key, p in wanted:
+            if usable >= p:
+                continue
             held = (
                 f"{len(np.unique(labels[fold.test]))} held out for test, "
                 f"{len(np.unique(labels[fold.val]))} for validation"
             )
             raise ValueError(
-                f"train.p={cfg.train.p} identities per batch, but {fold.name} trains on "
+                f"{key}={p} identities per batch, but {fold.name} trains on "
                 f"{usable} people with two images or more ({len(data.names)} in the data: "
-                f"{held}): set train.p to at most {usable} (--set train.p={max(2, usable)}), "
+                f"{held}): set {key} to at most {usable} (--set {key}={max(2, usable)}), "
                 "or lower data.val_people or raise data.folds"
             )
 
