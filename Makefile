@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-photos lint serve demo demo-camera camera-recipes demo-scratch ablation docs-orl docs-search search-demo search-ablation search-dev-sweep bench bench-mining bench-serve bench-first-serve bench-inference clean
+.PHONY: install test test-photos lint serve demo demo-camera camera-recipes demo-scratch ablation docs-orl docs-orl-camera docs-search search-demo search-ablation search-dev-sweep bench bench-mining bench-serve bench-first-serve bench-inference clean
 
 # torch==2.13.0 first: a CPU wheel on these machines; an unpinned torch pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -89,6 +89,13 @@ docs-orl:
 	rm -f docs/orl/*.png
 	cp runs/demo/report.md runs/demo/metrics.json runs/demo/intervals.json runs/demo/protocols.json \
 		runs/demo/*.png docs/orl/
+
+# Publish the camera-adapted demo run as docs/orl-camera/.
+docs-orl-camera:
+	mkdir -p docs/orl-camera
+	rm -f docs/orl-camera/*.png
+	cp runs/demo-camera/report.md runs/demo-camera/metrics.json runs/demo-camera/intervals.json \
+		runs/demo-camera/protocols.json runs/demo-camera/*.png docs/orl-camera/
 
 # Publish the search ablation run (report, metrics, figures) as docs/search/.
 docs-search:
