@@ -84,29 +84,33 @@ def main() -> None:
         if paths != clean.paths:
             raise SystemExit(f"camera {spec}: the degraded chips hold other images")
         row: dict = {"camera": spec}
+        probes = [
+            {
+                "frozen": embed_chips(teacher, chips[f.test]),
+                "adapted": embed_chips(n, chips[f.test]),
+            }
+            for n, f in zip(nets, plan, strict=True)
+        ]
         for protocol in ("same camera", "clean gallery"):
             per_fold = []
             for k, fold in enumerate(plan):
-                labels = clean.labels[fold.test].numpy()
-                dists = {}
-                for name, net in (("frozen", teacher), ("adapted", nets[k])):
-                    probe = embed_chips(net, chips[fold.test])
-                    dists[name] = (
-                        metrics.distance_matrix(probe)
-                        if protocol == "same camera"
-                        else metrics.cross_distance(probe, galleries[name][k])
-                    )
-                per_fold.append((dists["frozen"], dists["adapted"], labels))
+                dists = {
+                    name: metrics.distance_matrix(probe)
+                    if protocol == "same camera"
+                    else metrics.cross_distance(probe, galleries[name][k])
+                    for name, probe in probes[k].items()
+                }
+                per_fold.append(
+                    (dists["frozen"], dists["adapted"], clean.labels[fold.test].numpy())
+                )
+            pairs = metrics.all_pairs if protocol == "same camera" else metrics.cross_pairs
             scores = {}
             for name, i in (("frozen", 0), ("adapted", 1)):
-                pairs = metrics.all_pairs if protocol == "same camera" else metrics.cross_pairs
-                eers = []
-                vals = []
-                for f in per_fold:
-                    d, same = pairs(f[i], f[2])
-                    eers.append(metrics.equal_error_rate(d, same))
-                    vals.append(metrics.val_at_far(d, same, 1e-3))
-                scores[name] = (float(np.mean(eers)), float(np.mean(vals)))
+                found = [pairs(f[i], f[2]) for f in per_fold]
+                scores[name] = (
+                    float(np.mean([metrics.equal_error_rate(d, same) for d, same in found])),
+                    float(np.mean([metrics.val_at_far(d, same, 1e-3) for d, same in found])),
+                )
             diff = paired_difference(per_fold, cross=protocol == "clean gallery")["eer"]
             row[protocol] = {**scores, "difference": diff}
         rows.append(row)
